@@ -1,0 +1,123 @@
+"""The run's settings and the job file (``jobs/*.yaml``) schema.
+
+A job file names the grid (models x datasets) and how to run it. Command-line options override
+the file. A wrong file is rejected with the line and the reason, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from reidray.errors import ReidrayError
+
+SYNTHETIC = "reidray-synth"
+
+
+class ModelEntry(BaseModel):
+    """One model of the grid, with an optional explicit weights file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    weights: str | None = None
+
+
+class EmbedSettings(BaseModel):
+    """How the embed stage asks Ray for resources."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int | None = Field(default=None, gt=0, description="per-model default when unset")
+    num_gpus: float | None = Field(default=None, ge=0, description="per actor; auto: 1 if GPUs exist")
+    concurrency: tuple[int, int] = Field(default=(1, 4), description="actor pool (min, max)")
+    decode_batch_size: int = Field(default=64, gt=0)
+    progress_seconds: float = Field(default=10.0, gt=0, description="how often a cell reports progress")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError("concurrency must be [min, max] with 1 <= min <= max")
+        return value
+
+
+class ScoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_rank: int = Field(default=50, gt=0)
+
+
+class JobConfig(BaseModel):
+    """A whole run: what to evaluate, where the data is, where results go."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "adhoc"
+    data_root: str | None = None
+    output: str = "out"
+    models: list[ModelEntry] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list)
+    dataset_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    random_init: bool = False
+    synthetic: dict[str, int] = Field(default_factory=dict, description="generate() size options")
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
+    report: Literal[True, False] = True
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_or_entries(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def weights_for(self, model: str) -> str | None:
+        for entry in self.models:
+            if entry.name == model:
+                return entry.weights
+        return None
+
+
+def load_job(path: str | Path) -> JobConfig:
+    """Parse and validate a job file; errors say the file, the line and the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReidrayError(f"job file {path} does not exist")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ReidrayError(f"job file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ReidrayError(f"job file {path}: the top level must be a mapping of settings")
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        line = _line_of(node, err["loc"])
+        raise ReidrayError(f"job file {path}, line {line}: {where}: {err['msg']}") from exc
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int:
+    """The 1-based line of the deepest YAML node along ``loc`` that exists."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == key]
+            if not match:
+                break
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def default_output() -> str:
+    return os.environ.get("REIDRAY_OUT", "out")

@@ -1,0 +1,55 @@
+"""What the datasets under a data root hold, beside their official sizes (for `reidray.run datasets`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reidray.datasets.manifest import NO_CAMERA, SPLITS
+from reidray.datasets.registry import discover, get
+from reidray.errors import ReidrayError
+
+
+def split_counts(table: pa.Table, split: str) -> dict[str, int]:
+    """Images, identities (junk and distractor labels excluded), cameras, junk and distractors."""
+    part = table.filter(pc.equal(table["split"], split))
+    real = part.filter(pc.invert(pc.or_(part["is_junk"], part["is_distractor"])))
+    cams = set(pc.unique(part["camid"]).to_pylist()) - {NO_CAMERA}
+    return {
+        "images": part.num_rows,
+        "identities": len(pc.unique(real["pid"])),
+        "cameras": len(cams),
+        "junk": int(pc.sum(part["is_junk"]).as_py() or 0),
+        "distractors": int(pc.sum(part["is_distractor"]).as_py() or 0),
+    }
+
+
+def summarize(root: str | Path) -> list[dict]:
+    """One row per (dataset found under `root`, split): measured counts, official counts and a
+    `mismatch` text (empty when they agree). A dataset that fails to parse gives one row
+    with its `error` and split None; nothing else is read from it."""
+    rows = []
+    for name, folder in discover(root).items():
+        spec = get(name)
+        base = {"dataset": name, "folder": str(folder)}
+        try:
+            table = spec.parse(folder)
+        except ReidrayError as exc:
+            rows.append({**base, "split": None, "mismatch": "", "error": str(exc)})
+            continue
+        for split in SPLITS:
+            measured = split_counts(table, split)
+            official = spec.official.get(split)
+            if not measured["images"] and official is None:
+                continue
+            diffs = []
+            for key in ("images", "identities", "cameras"):
+                want = getattr(official, key) if official else None
+                base_key = f"official_{key}"
+                measured[base_key] = want
+                if want is not None and want != measured[key]:
+                    diffs.append(f"{key} {measured[key]} != {want} official")
+            rows.append({**base, "split": split, **measured, "mismatch": "; ".join(diffs), "error": ""})
+    return rows

@@ -1,0 +1,105 @@
+"""reidray-synth: a built-in, procedurally drawn ReID dataset, so the whole flow runs with no download.
+
+`generate(root)` writes the Market-1501 layout under `<root>/reidray-synth/` (the registered
+dataset `reidray-synth`, read by the Market-1501 parser). With `layout=<dataset name>` it writes
+that dataset's release layout instead, under the release's usual folder name, for testing the
+parsers. A folder is written to a temporary name, completed with a marker file, then renamed:
+an existing folder with a matching marker is reused, never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from reidray.datasets.synth.world import World
+from reidray.errors import DatasetLayoutError, UnknownNameError
+
+FOLDER = "reidray-synth"
+MARKER = ".reidray-synth.json"
+VERSION = 1  # bump when the drawing or a layout changes, so old folders are regenerated
+
+
+def _writers() -> dict:
+    """layout name -> (folder name, writer); each writer lives beside its dataset's parser."""
+    from reidray.datasets import market1501
+
+    return {"market1501": (FOLDER, market1501.write_synthetic)}
+
+
+def layouts() -> list[str]:
+    """The layouts `generate` can write."""
+    return sorted(_writers())
+
+
+def write_layout(
+    dest: Path, layout: str, *, n_ids: int, n_cams: int, n_train_ids: int, seed: int
+) -> list[dict]:
+    """Write `layout` into the folder `dest` and return what was written, one dict per image
+    (image_id, pid, camid, split, is_junk, is_distractor and any layout-specific keys)."""
+    writers = _writers()
+    if layout not in writers:
+        raise UnknownNameError("synthetic layout", layout, list(writers))
+    world = World(n_train_ids + n_ids, n_cams, seed)
+    rng = np.random.default_rng([seed, 99])
+    return writers[layout][1](Path(dest), world, rng, n_ids=n_ids, n_train_ids=n_train_ids)
+
+
+def generate(
+    root: str | Path,
+    *,
+    n_ids: int = 100,
+    n_cams: int = 6,
+    seed: int = 0,
+    layout: str = "market1501",
+    n_train_ids: int | None = None,
+) -> Path:
+    """Write (or reuse) a synthetic dataset under `root` and return its folder.
+
+    `n_ids` test identities (query + gallery) and `n_train_ids` (default n_ids // 2) disjoint
+    train identities, seen by `n_cams` cameras. The default (100 ids, 6 cameras) is ~1.7k images.
+    """
+    n_train_ids = n_ids // 2 if n_train_ids is None else n_train_ids
+    writers = _writers()
+    if layout not in writers:
+        raise UnknownNameError("synthetic layout", layout, list(writers))
+    params = {"version": VERSION, "layout": layout, "n_ids": n_ids, "n_cams": n_cams,
+              "n_train_ids": n_train_ids, "seed": seed}
+    root = Path(root)
+    dest = root / writers[layout][0]
+    if _complete(dest, params):
+        return dest
+    if dest.exists() and not (dest / MARKER).exists():
+        raise DatasetLayoutError(
+            f"{dest} exists but was not written by reidray's generator; "
+            "move it away or generate into another root"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        truth = write_layout(tmp, layout, n_ids=n_ids, n_cams=n_cams, n_train_ids=n_train_ids, seed=seed)
+        (tmp / MARKER).write_text(json.dumps({**params, "images": len(truth)}))
+        if dest.exists():  # ours (it has a marker) but made with other parameters
+            shutil.rmtree(dest)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not _complete(dest, params):  # someone else finished first, and differently
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _complete(dest: Path, params: dict) -> bool:
+    """True if `dest` holds a finished synthetic dataset made with exactly `params`."""
+    try:
+        found = json.loads((dest / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return {k: found.get(k) for k in params} == params

@@ -1,0 +1,48 @@
+"""The encoder actor: one loaded model per actor, batches of pixels in, embeddings out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from reidray.embed.decode import PASSTHROUGH
+
+
+def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """Embeddings as Arrow's fixed-size list of float32: what Polars and faiss read directly."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+class EncoderActor:
+    """Holds the model on its device; Ray Data feeds it batches from the decode stage."""
+
+    def __init__(self, model: str, weights: str | None, random_init: bool, device: str | None = None,
+                 tracker=None) -> None:
+        import ray
+        import torch
+
+        from reidray.models import build
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder = build(model, weights=weights, random_init=random_init, device=self.device).eval()
+        self.spec = self.encoder.spec
+        self.tracker = tracker
+        if tracker is not None:
+            tracker.register.remote(ray.get_runtime_context().current_actor)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from reidray.models.preprocess import normalize
+
+        torch = self.torch
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device, non_blocking=True)
+        camids = None
+        if self.spec.uses_camera:
+            camids = torch.from_numpy(np.asarray(batch["camid"], dtype=np.int64)).to(self.device)
+        with torch.inference_mode():
+            vectors = self.encoder(normalize(pixels, self.spec), camids).float().cpu().numpy()
+        columns = {k: pa.array(np.asarray(batch[k])) for k in PASSTHROUGH}
+        if self.tracker is not None:
+            self.tracker.add.remote(len(vectors))
+        return pa.table({**columns, "embedding": embedding_array(vectors)})

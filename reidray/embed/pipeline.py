@@ -1,0 +1,178 @@
+"""The embed stage: one Ray Data pipeline per (model, dataset) cell, written as Parquet.
+
+Decoding runs in Ray tasks and the encoder in an actor pool; with GPUs the two stay separate
+operators (their resources differ), on a CPU-only machine Ray fuses them into the actor.
+
+manifest rows -> decode + resize (CPU tasks) -> encoder actor pool (GPU where present)
+-> Parquet under the cell folder -> verified -> ``cell.json`` written last. A cell whose marker
+carries the current fingerprint is skipped; any other cell is cleared and redone, so a rerun after
+a crash ends with exactly one row per image.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from reidray.config import EmbedSettings
+from reidray.embed.actor import EncoderActor
+from reidray.embed.decode import decode_resize
+from reidray.embed.progress import ProgressTracker, tracker_name, watch
+from reidray.errors import CellError, ReidrayError
+from reidray.models import get
+from reidray.store import Store, fingerprint, manifest_hash
+
+
+@dataclass(frozen=True)
+class CellEmbedding:
+    """What the embed stage tells the score stage and the results rows about a cell."""
+
+    model: str
+    dataset: str
+    fingerprint: str
+    n_images: int
+    dim: int
+    embed_seconds: float
+    device: str
+    random_init: bool
+    skipped: bool
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_images / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest: pa.Table) -> str:
+    """Everything that changes a cell's embeddings: model facts, weights, the images."""
+    spec = get(model)
+    return fingerprint(
+        {
+            "model": model,
+            "weights_id": spec.weights_id,
+            "weights": weights,
+            "random_init": random_init,
+            "preprocess": [spec.input_size, spec.resize, spec.interpolation, spec.mean, spec.std],
+            "manifest": manifest_hash(manifest),
+        }
+    )
+
+
+def _resources(settings: EmbedSettings) -> tuple[float, tuple[int, int], str]:
+    """GPUs per actor, pool size and device label: one GPU per actor when the cluster has GPUs."""
+    gpus_in_cluster = ray.cluster_resources().get("GPU", 0)
+    num_gpus = settings.num_gpus if settings.num_gpus is not None else (1.0 if gpus_in_cluster else 0.0)
+    if num_gpus == 0:
+        # On CPU an actor already uses every core through torch; more actors only contend.
+        return 0.0, (1, 1), "cpu"
+    return num_gpus, settings.concurrency, "cuda"
+
+
+def _user_error(exc: BaseException) -> ReidrayError | None:
+    """The reidray error a Ray failure wraps, if any (Ray chains user exceptions as causes)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ReidrayError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def embed_cell(
+    store: Store,
+    model: str,
+    dataset: str,
+    manifest: pa.Table,
+    *,
+    weights: str | None = None,
+    random_init: bool = False,
+    settings: EmbedSettings | None = None,
+    say: Callable[[str], None] = print,
+) -> CellEmbedding:
+    """Embed one dataset with one model, or skip it when its complete cell is already stored."""
+    settings = settings or EmbedSettings()
+    spec = get(model)
+    fp = cell_fingerprint(model, weights, random_init, manifest)
+    marker = store.cell_marker(model, dataset)
+    if marker is not None and marker.get("fingerprint") == fp:
+        return CellEmbedding(
+            model, dataset, fp, marker["n_images"], marker["dim"], marker["embed_seconds"],
+            marker["device"], random_init, skipped=True,
+        )
+
+    num_gpus, (pool_min, pool_max), device = _resources(settings)
+    cell_dir = store.cell_dir(model, dataset)
+    store.clear_dir(cell_dir)  # drops any half-written attempt, marker included
+    rows = manifest.select(["image_id", "path", "pid", "camid", "split"])
+    label = f"embed {model}/{dataset}"
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours below say more, less often
+    tracker = ProgressTracker.options(name=tracker_name(model, dataset)).remote()
+    ds = ray.data.from_arrow(rows)
+    ds = ds.map_batches(decode_resize, fn_kwargs={"model": model}, batch_size=settings.decode_batch_size)
+    ds = ds.map_batches(
+        EncoderActor,
+        fn_constructor_kwargs={"model": model, "weights": weights, "random_init": random_init, "tracker": tracker},
+        compute=ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max),
+        num_gpus=num_gpus,
+        batch_size=settings.batch_size or spec.batch_size,
+    )
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            ds.write_parquet(store.uri("embeddings", model, dataset),
+                             filesystem=None if "://" in store.root else store.fs)
+        except BaseException as exc:  # handed to the driver thread below
+            failure.append(exc)
+
+    start = time.perf_counter()
+    writer = threading.Thread(target=write, name=label, daemon=True)
+    writer.start()
+    try:
+        watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive(), say, settings.progress_seconds)
+        writer.join()
+    finally:
+        ray.kill(tracker)
+    if failure:  # Ray wraps the worker's exception; surface ours with the cell named
+        cause = _user_error(failure[0])
+        raise CellError(f"cell {model}/{dataset}: {cause or failure[0]}") from failure[0]
+    seconds = time.perf_counter() - start
+
+    written = store.read_cell(model, dataset)
+    _verify(written, manifest, model, dataset)
+    dim = written.schema.field("embedding").type.list_size
+    store.write_json(
+        f"{cell_dir}/cell.json",
+        {
+            "fingerprint": fp,
+            "model": model,
+            "dataset": dataset,
+            "random_init": random_init,
+            "weights_id": spec.weights_id,
+            "n_images": written.num_rows,
+            "dim": dim,
+            "embed_seconds": seconds,
+            "device": device,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    return CellEmbedding(model, dataset, fp, written.num_rows, dim, seconds, device, random_init, skipped=False)
+
+
+def _verify(written: pa.Table, manifest: pa.Table, model: str, dataset: str) -> None:
+    """Exactly one row per manifest image, finite embeddings: otherwise the cell is not complete."""
+    ids = written.column("image_id")
+    if written.num_rows != manifest.num_rows or pc.count_distinct(ids).as_py() != manifest.num_rows:
+        raise CellError(
+            f"cell {model}/{dataset}: wrote {written.num_rows} rows for {manifest.num_rows} images; "
+            "the cell is left incomplete and will be redone"
+        )
+    if not pc.all(pc.is_in(ids, value_set=manifest.column("image_id"))).as_py():
+        raise CellError(f"cell {model}/{dataset}: embeddings hold image ids that are not in the manifest")

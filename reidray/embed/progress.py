@@ -1,0 +1,70 @@
+"""Progress a person can follow: images done, images/s and time left, per cell.
+
+The encoder actors count what they embed into a small per-cell actor; the driver polls it while
+Ray Data runs. The same actor keeps the encoder actors' handles, so a test (or an operator) can
+find and kill one mid-cell to check that the cell still ends complete and exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class ProgressTracker:
+    """Counts embedded images for one cell and remembers which actors are embedding it."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.actors: list = []
+
+    def add(self, n: int) -> None:
+        self.done += n
+
+    def register(self, actor) -> None:
+        self.actors.append(actor)
+
+    def count(self) -> int:
+        return self.done
+
+    def encoder_actors(self) -> list:
+        return list(self.actors)
+
+
+def tracker_name(model: str, dataset: str) -> str:
+    return f"reidray-progress/{model}/{dataset}"
+
+
+def progress_line(label: str, done: int, total: int, elapsed: float) -> str:
+    """``embed m/d: 1,200/12,936 images (9%), 310 images/s, about 38 s left``."""
+    done = min(done, total)  # a retried batch counts twice; never show more than all
+    rate = done / elapsed if elapsed > 0 else 0.0
+    line = f"{label}: {done:,}/{total:,} images ({100 * done / max(total, 1):.0f}%), {rate:.0f} images/s"
+    if 0 < done < total and rate > 0:
+        line += f", about {_duration((total - done) / rate)} left"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def watch(tracker, label: str, total: int, is_done: Callable[[], bool], say: Callable[[str], None],
+          every: float) -> None:
+    """Print a progress line every ``every`` seconds until ``is_done()``."""
+    start = time.perf_counter()
+    last = start
+    while not is_done():
+        time.sleep(0.2)
+        now = time.perf_counter()
+        if now - last >= every:
+            last = now
+            say(progress_line(label, ray.get(tracker.count.remote()), total, now - start))

@@ -1,0 +1,174 @@
+"""The whole run as functions the CLI and notebooks share: grid → manifests → embed → score → report.
+
+Each stage reads what the previous one stored, so each can run alone and be resumed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from reidray import datasets, models
+from reidray.config import SYNTHETIC, JobConfig
+from reidray.errors import ReidrayError
+from reidray.store import Store
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Grid:
+    """The cells a run will evaluate, and what it skipped with the reason."""
+
+    models: list[str]
+    datasets: dict[str, Path]  # name -> data root to load it from
+    skipped: list[str] = field(default_factory=list)
+
+
+def connect(address: str | None) -> None:
+    """Start Ray locally, or join the cluster named by ``address`` / ``RAY_ADDRESS``."""
+    import logging
+
+    import ray
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # reidray prints its own progress
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=True)
+
+
+def synthetic_root(store: Store) -> Path:
+    """Where the built-in synthetic dataset is generated: beside the results for a local root."""
+    if "://" in store.root:
+        return Path(os.environ.get("REIDRAY_CACHE", "~/.cache/reidray")).expanduser() / "data"
+    return Path(store.base) / "data"
+
+
+def resolve_grid(job: JobConfig, store: Store, say: Say) -> Grid:
+    """Pick datasets and models: what was asked for, or everything that can run here."""
+    chosen_datasets = _resolve_datasets(job, store, say)
+    requested = [entry.name for entry in job.models]
+    for name in requested:
+        models.get(name)  # unknown names fail before any work
+    names = requested or [m for m in models.MODELS if models.get(m).paradigm != "control"]
+    runnable, skipped = [], []
+    for name in names:
+        if job.random_init or not models.get(name).needs_weights:
+            runnable.append(name)
+            continue
+        available, where = models.weights_status(name, job.weights_for(name))
+        if available:
+            runnable.append(name)
+        else:
+            skipped.append(f"skip {name}: {where}")
+    for line in skipped:
+        say(line)
+    if not runnable:
+        raise ReidrayError("no model can run: every requested model lacks weights (see the lines above)")
+    return Grid(models=runnable, datasets=chosen_datasets, skipped=skipped)
+
+
+def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> dict[str, Path]:
+    if job.data_root is not None and not Path(job.data_root).is_dir():
+        raise ReidrayError(f"data root {job.data_root} does not exist or is not a folder")
+    for name in job.datasets:
+        datasets.get(name)  # unknown names fail before any work
+    found = datasets.discover(job.data_root) if job.data_root else {}
+    wanted = job.datasets or (sorted(found) if found else [SYNTHETIC])
+    chosen: dict[str, Path] = {}
+    for name in wanted:
+        if name == SYNTHETIC and SYNTHETIC not in found:
+            root = Path(job.data_root) if job.data_root else synthetic_root(store)
+            say(f"synthetic dataset {SYNTHETIC}: generating (or reusing) under {root}")
+            datasets.synth.generate(root, **job.synthetic)
+            chosen[name] = root
+        elif name in found:
+            chosen[name] = Path(job.data_root)
+        elif job.data_root is None:
+            raise ReidrayError(f"dataset {name} needs a data root: pass --data-root with the folder holding it")
+        else:
+            raise ReidrayError(f"dataset {name} was not found under {job.data_root}; run `python -m reidray.run datasets --data-root {job.data_root}` to see what is there")
+    return chosen
+
+
+def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dict[str, pa.Table]:
+    """Parse every dataset once and store its manifest (the embed and score stages read it)."""
+    manifests = {}
+    for name, root in grid.datasets.items():
+        table = datasets.load(name, root, **job.dataset_options.get(name, {}))
+        store.write_table(store.manifest_path(name), table)
+        say(f"dataset {name}: {table.num_rows:,} images")
+        manifests[name] = table
+    return manifests
+
+
+def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
+                    score: bool = True) -> list[str]:
+    """Embed every cell and, as each completes, start its score task; returns the failures."""
+    from reidray.embed.pipeline import embed_cell
+    from reidray.score.graph import ScoreGraph
+
+    graph = ScoreGraph(store, max_rank=job.score.max_rank)
+    failures: list[str] = []
+    for model in grid.models:
+        for dataset, manifest in manifests.items():
+            try:
+                cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
+                                  random_init=job.random_init, settings=job.embed, say=say)
+            except ReidrayError as exc:
+                failures.append(str(exc))
+                say(f"FAILED {exc}")
+                continue
+            if cell.skipped:
+                say(f"embed {model}/{dataset}: complete already ({cell.n_images:,} images), skipped")
+            else:
+                say(f"embed {model}/{dataset}: {cell.n_images:,} images in {cell.embed_seconds:.1f} s "
+                    f"({cell.images_per_second:.0f} images/s, {cell.device})")
+            if score:
+                graph.submit(cell)
+                graph.collect()
+    graph.collect(wait=True)
+    for line in graph.failures:
+        say(f"FAILED {line}")
+    for model, dataset in graph.done:
+        say(f"score {model}/{dataset}: stored")
+    return failures + graph.failures
+
+
+def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str]:
+    """Score every complete stored cell of the grid (the `score` command)."""
+    from reidray.embed.pipeline import CellEmbedding
+    from reidray.score.graph import ScoreGraph
+
+    graph = ScoreGraph(store, max_rank=job.score.max_rank)
+    failures = []
+    for model in grid.models:
+        for dataset in grid.datasets:
+            marker = store.cell_marker(model, dataset)
+            if marker is None:
+                failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
+                continue
+            graph.submit(CellEmbedding(model, dataset, marker["fingerprint"], marker["n_images"], marker["dim"],
+                                       marker["embed_seconds"], marker["device"], marker["random_init"], True))
+    graph.collect(wait=True)
+    for line in failures + graph.failures:
+        say(f"FAILED {line}")
+    return failures + graph.failures
+
+
+def write_report(store: Store, say: Say) -> str:
+    """The Markdown table of every stored result, printed and written under ``report/``."""
+    from reidray.report.tables import load_results, markdown_table
+
+    if not store.list_files(store.results_dir(), ".parquet"):
+        raise ReidrayError(f"no results under {store.results_dir()}: run `python -m reidray.run score` first")
+    table = markdown_table(load_results(store.uri("results")))
+    store.write_bytes(store.path("report", "results.md"), table.encode())
+    say(table)
+    say(f"report written to {store.uri('report', 'results.md')}")
+    return table

@@ -1,0 +1,271 @@
+"""The registry: one entry per model, every fact about it in one place.
+
+A model's weights, input size, resize policy, normalisation, embedding output, distance and
+parameter count live only here (DESIGN.md: one concept, one home). The builders in the family
+modules (``osnet``, ``clipreid``, ``openclip``, ``hf``, ``pe_spatial``, ``handcrafted``,
+``control``) read the spec and nothing else.
+
+Preprocessing policy. Every model gets the whole crop squashed to its input size (no centre
+crop: a 224-wide crop of a 2:1 person image would cut off head and feet), with the
+interpolation and mean/std of the model's own published preprocessing. The study's
+``ToPILImage`` bug (paper_code.md section 1) is not reproduced.
+
+Parameter counts. ``params_m`` is the vision tower reidray runs (what costs time and memory).
+Table 1 of the paper counted whole modules; ``paper_params_m`` keeps its figure and
+``paper_params_scope`` says what it covers, so a test can check the comparable count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from reidray.errors import UnknownNameError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about one model (docs/contracts.md, Models); fields after ``batch_size`` are reidray's own."""
+
+    name: str
+    paradigm: str  # supervised | language-aligned | self-supervised | hand-crafted | control
+    params_m: float  # vision tower as built, millions
+    input_size: tuple[int, int]  # (h, w)
+    resize: str  # squash
+    interpolation: str  # bilinear | bicubic
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dim: int
+    normalize: bool  # the encoder's output is L2-normalised
+    metric: str  # cosine | euclidean
+    weights_id: str  # hub repo id, or the checkpoint's file name
+    needs_weights: bool
+    uses_camera: bool
+    batch_size: int
+    family: str  # builder module under reidray.models
+    library: str  # the library that defines the architecture
+    arch: str  # that library's name for the architecture
+    embedding: str  # which output is the embedding
+    weights_files: tuple[str, ...] = ()  # files needed from the hub repo (hub models)
+    weights_url: str = ""  # where the weights come from (download source, or the page to get them)
+    paper_name: str = ""  # the name in the paper's Table 1
+    paper_params_m: float | None = None  # Table 1's figure
+    paper_params_scope: str = ""  # what Table 1's figure counts
+
+
+def _spec(**kw: object) -> ModelSpec:
+    kw.setdefault("resize", "squash")
+    return ModelSpec(**kw)  # type: ignore[arg-type]
+
+
+def _hub(repo: str) -> str:
+    return f"https://huggingface.co/{repo}"
+
+
+_SPECS: list[ModelSpec] = [
+    _spec(
+        name="osnet-x1.0", paradigm="supervised", params_m=2.193, input_size=(256, 128),
+        interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD, dim=512,
+        # torchreid's own test setting: raw features, euclidean distance
+        normalize=False, metric="euclidean",
+        weights_id="osnet_x1_0_market_256x128_amsgrad_ep150_stp60_lr0.0015_b64_fb10_softmax_labelsmooth_flip.pth",
+        needs_weights=True, uses_camera=False, batch_size=256, family="osnet", library="torchreid",
+        arch="osnet_x1_0", embedding="eval-mode output: global average pool -> fc (512, BN, ReLU)",
+        weights_url="https://drive.google.com/uc?id=1vduhq5DpN2q1g4fYEZfPI17MJeh9qyrA",
+        paper_name="OSNet-x1.0", paper_params_m=2.5,
+        paper_params_scope="backbone + a softmax classifier sized to the evaluated dataset's training ids",
+    ),
+    _spec(
+        name="clip-reid-vit-b16", paradigm="supervised", params_m=86.214, input_size=(256, 128),
+        interpolation="bilinear", mean=HALF, std=HALF, dim=1280, normalize=True, metric="cosine",
+        weights_id="MSMT17_clipreid_12x12sie_ViT-B-16_60.pth",
+        needs_weights=True, uses_camera=True, batch_size=128, family="clipreid", library="open_clip",
+        arch="ViT-B-16 (OpenAI layout, QuickGELU), conv stride and SIE read from the checkpoint",
+        embedding="cat(ln_post(CLS) 768, ln_post(CLS) @ proj 512), before the BN-necks (TEST.NECK_FEAT=before)",
+        weights_url="https://drive.google.com/uc?id=1sPZbWTv2_stXBGutjHMvE87pAbSAgVaz",
+        paper_name="CLIP-ReID", paper_params_m=87.5,
+        paper_params_scope="ViT-B/16 visual at 256x128 stride 16 + BN-necks + two classifiers for MSMT17's 1,041 ids",
+    ),
+    _spec(
+        name="clip-vit-b32", paradigm="language-aligned", params_m=87.849, input_size=(224, 224),
+        interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD, dim=512, normalize=True, metric="cosine",
+        weights_id="timm/vit_base_patch32_clip_224.openai", weights_files=("open_clip_model.safetensors",),
+        needs_weights=True, uses_camera=False, batch_size=256, family="openclip", library="open_clip",
+        arch="ViT-B-32-quickgelu", embedding="encode_image: ln_post(CLS) @ proj",
+        weights_url=_hub("timm/vit_base_patch32_clip_224.openai"),
+        paper_name="CLIP-B-32", paper_params_m=151.0, paper_params_scope="whole CLIP model (image + text towers)",
+    ),
+    _spec(
+        name="clip-vit-b16", paradigm="language-aligned", params_m=86.193, input_size=(224, 224),
+        interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD, dim=512, normalize=True, metric="cosine",
+        weights_id="timm/vit_base_patch16_clip_224.openai", weights_files=("open_clip_model.safetensors",),
+        needs_weights=True, uses_camera=False, batch_size=256, family="openclip", library="open_clip",
+        arch="ViT-B-16-quickgelu", embedding="encode_image: ln_post(CLS) @ proj",
+        weights_url=_hub("timm/vit_base_patch16_clip_224.openai"),
+        paper_name="CLIP-B-16", paper_params_m=150.0, paper_params_scope="whole CLIP model (image + text towers)",
+    ),
+    _spec(
+        name="clip-vit-l14", paradigm="language-aligned", params_m=303.966, input_size=(224, 224),
+        interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD, dim=768, normalize=True, metric="cosine",
+        weights_id="timm/vit_large_patch14_clip_224.openai", weights_files=("open_clip_model.safetensors",),
+        needs_weights=True, uses_camera=False, batch_size=128, family="openclip", library="open_clip",
+        arch="ViT-L-14-quickgelu", embedding="encode_image: ln_post(CLS) @ proj",
+        weights_url=_hub("timm/vit_large_patch14_clip_224.openai"),
+        paper_name="CLIP-L-14", paper_params_m=428.0, paper_params_scope="whole CLIP model (image + text towers)",
+    ),
+    _spec(
+        name="siglip2-b16-256", paradigm="language-aligned", params_m=92.885, input_size=(256, 256),
+        interpolation="bilinear", mean=HALF, std=HALF, dim=768, normalize=True, metric="cosine",
+        weights_id="google/siglip2-base-patch16-256", weights_files=("config.json", "model.safetensors"),
+        needs_weights=True, uses_camera=False, batch_size=256, family="hf", library="transformers",
+        arch="SiglipVisionModel", embedding="get_image_features: attention-pool (MAP) head output",
+        weights_url=_hub("google/siglip2-base-patch16-256"),
+        paper_name="SigLIP2-256", paper_params_m=375.2,
+        paper_params_scope="whole SigLIP model (image + text towers, 256k-token vocabulary)",
+    ),
+    _spec(
+        name="siglip2-b16-384", paradigm="language-aligned", params_m=93.131, input_size=(384, 384),
+        interpolation="bilinear", mean=HALF, std=HALF, dim=768, normalize=True, metric="cosine",
+        weights_id="google/siglip2-base-patch16-384", weights_files=("config.json", "model.safetensors"),
+        needs_weights=True, uses_camera=False, batch_size=128, family="hf", library="transformers",
+        arch="SiglipVisionModel", embedding="get_image_features: attention-pool (MAP) head output",
+        weights_url=_hub("google/siglip2-base-patch16-384"),
+        paper_name="SigLIP2-384", paper_params_m=375.5,
+        paper_params_scope="whole SigLIP model (image + text towers, 256k-token vocabulary)",
+    ),
+    _spec(
+        name="dinov2-b14", paradigm="self-supervised", params_m=86.580, input_size=(224, 224),
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, dim=768, normalize=True, metric="cosine",
+        weights_id="facebook/dinov2-base", weights_files=("config.json", "model.safetensors"),
+        needs_weights=True, uses_camera=False, batch_size=256, family="hf", library="transformers",
+        arch="Dinov2Model", embedding="pooler_output: final-LayerNorm CLS token (x_norm_clstoken)",
+        weights_url=_hub("facebook/dinov2-base"),
+        paper_name="DINOv2-B14", paper_params_m=86.6, paper_params_scope="the backbone (Table 1 rounds it to 87M)",
+    ),
+    _spec(
+        name="dinov2-l14", paradigm="self-supervised", params_m=304.368, input_size=(224, 224),
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, dim=1024, normalize=True, metric="cosine",
+        weights_id="facebook/dinov2-large", weights_files=("config.json", "model.safetensors"),
+        needs_weights=True, uses_camera=False, batch_size=128, family="hf", library="transformers",
+        arch="Dinov2Model", embedding="pooler_output: final-LayerNorm CLS token (x_norm_clstoken)",
+        weights_url=_hub("facebook/dinov2-large"),
+        paper_name="DINOv2-L14", paper_params_m=304.4, paper_params_scope="the backbone",
+    ),
+    _spec(
+        name="pe-core-l14-336", paradigm="self-supervised", params_m=317.3, input_size=(336, 336),
+        interpolation="bilinear", mean=HALF, std=HALF, dim=1024, normalize=True, metric="cosine",
+        weights_id="timm/PE-Core-L-14-336", weights_files=("open_clip_model.safetensors",),
+        needs_weights=True, uses_camera=False, batch_size=64, family="openclip", library="open_clip",
+        arch="PE-Core-L-14-336", embedding="encode_image: attention-pooled, projected image embedding",
+        weights_url=_hub("timm/PE-Core-L-14-336"),
+        paper_name="PE-Core-L14", paper_params_m=671.1, paper_params_scope="whole CLIP model (image + text towers)",
+    ),
+    _spec(
+        name="pe-spatial-s16-512", paradigm="self-supervised", params_m=21.8, input_size=(512, 512),
+        interpolation="bilinear", mean=HALF, std=HALF, dim=384,
+        # a dense-feature model with no trained global embedding: the study's token mean, compared by angle
+        normalize=False, metric="cosine",
+        weights_id="timm/vit_pe_spatial_small_patch16_512.fb", weights_files=("model.safetensors",),
+        needs_weights=True, uses_camera=False, batch_size=64, family="pe_spatial", library="timm",
+        arch="vit_pe_spatial_small_patch16_512",
+        embedding="mean of all output tokens (CLS + 32x32 patches), no final norm, no projection",
+        weights_url=_hub("timm/vit_pe_spatial_small_patch16_512.fb"),
+        paper_name="PE-Spatial-S16", paper_params_m=22.0, paper_params_scope="the vision tower",
+    ),
+    _spec(
+        name="handcrafted", paradigm="hand-crafted", params_m=0.0, input_size=(128, 64),
+        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=714, normalize=True,
+        metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
+        family="handcrafted", library="reidray", arch="colour + texture stripe histograms",
+        embedding="Hellinger-mapped hue/saturation/brightness, gradient and SILTP histograms over 6 stripes",
+    ),
+    _spec(
+        name="random", paradigm="control", params_m=0.0, input_size=(128, 64),
+        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=256, normalize=True,
+        metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
+        family="control", library="reidray", arch="pixel-seeded noise",
+        embedding="Gaussian noise seeded by a hash of the exact pixels (no identity information)",
+    ),
+]
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
+
+
+def names() -> list[str]:
+    """Registered model names, in the registry's order (the paper's order, then the baselines)."""
+    return list(MODELS)
+
+
+def get(name: str) -> ModelSpec:
+    """The spec of ``name``; UnknownNameError lists the valid names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownNameError("model", name, names()) from None
+
+
+def build(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    random_init: bool = False,
+    device: str = "cpu",
+):
+    """Build ``name``'s encoder in eval mode on ``device``, weights resolved (see ``weights.resolve``).
+
+    ``random_init=True`` skips the weights and initialises the architecture from a fixed seed,
+    so every process (e.g. each Ray actor) builds the same random model; it is for tests and
+    throughput runs only, and the encoder carries ``random_init=True`` into every output.
+    Raises WeightsNotFoundError when the weights are missing and cannot be downloaded.
+    """
+    import importlib
+
+    import torch
+
+    from reidray.models import weights as _weights
+
+    spec = get(name)
+    path = None
+    if spec.needs_weights and not random_init:
+        path = _weights.resolve(spec, weights)
+    family = importlib.import_module(f"reidray.models.{spec.family}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = family.build(spec, path, random_init=random_init and spec.needs_weights)
+    encoder.requires_grad_(False)
+    return encoder.to(device).eval()
+
+
+def weights_status(name: str, weights: str | Path | None = None) -> tuple[bool, str]:
+    """(available, where the weights are or why not), looking only on this machine (never downloads)."""
+    from reidray.models import weights as _weights
+
+    return _weights.status(get(name), weights)
+
+
+def status_rows(weights: dict[str, str | Path] | None = None) -> list[dict[str, object]]:
+    """One row per model for ``python -m reidray.run models``: the spec's headline facts and weights status."""
+    rows = []
+    for spec in MODELS.values():
+        ok, where = weights_status(spec.name, (weights or {}).get(spec.name))
+        rows.append(
+            {
+                "model": spec.name,
+                "paradigm": spec.paradigm,
+                "params_m": spec.params_m,
+                "input": f"{spec.input_size[0]}x{spec.input_size[1]}",
+                "dim": spec.dim,
+                "metric": spec.metric,
+                "library": spec.library,
+                "weights_id": spec.weights_id or "-",
+                "available": ok,
+                "weights": where,
+            }
+        )
+    return rows

@@ -1,0 +1,199 @@
+"""Where a model's weights come from.
+
+In order: the explicit path (``weights:`` in the job file, or ``build(weights=...)``); the weights
+folder ``$REIDRAY_WEIGHTS``; the libraries' own caches (the Hugging Face hub cache for hub models,
+torch's checkpoint folder for file checkpoints); then a download, only when it can work. The
+first three only look at the disk, so a missing model fails in milliseconds with a message naming
+the model, the file or hub repo expected and where to put it.
+
+Layout of ``$REIDRAY_WEIGHTS``: a file checkpoint sits at ``$REIDRAY_WEIGHTS/<file name>``; a hub
+model's files at ``$REIDRAY_WEIGHTS/<org>/<repo>/`` (what ``huggingface-cli download <org>/<repo>
+--local-dir $REIDRAY_WEIGHTS/<org>/<repo>`` writes).
+
+Downloads: ``REIDRAY_DOWNLOAD=1`` always tries, ``REIDRAY_DOWNLOAD=0`` never does; otherwise
+reidray does not try when ``HF_HUB_OFFLINE`` is set, and tries only after a two-second check that
+the host answers, so an offline machine never waits on network timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+from reidray.errors import WeightsNotFoundError
+from reidray.models.registry import ModelSpec
+
+ENV_DIR = "REIDRAY_WEIGHTS"
+ENV_DOWNLOAD = "REIDRAY_DOWNLOAD"
+_PROBE_SECONDS = 2.0
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _is_file_checkpoint(spec: ModelSpec) -> bool:
+    """File checkpoints (torchreid zoo, CLIP-ReID) versus hub repos (open_clip, transformers, timm)."""
+    return not spec.weights_files
+
+
+def _target(spec: ModelSpec, folder: Path) -> Path:
+    """What a builder receives: the checkpoint file, or the folder when the library needs several files."""
+    if _is_file_checkpoint(spec):
+        return folder / spec.weights_id
+    return folder / spec.weights_files[0] if len(spec.weights_files) == 1 else folder
+
+
+def _complete(spec: ModelSpec, folder: Path) -> bool:
+    if _is_file_checkpoint(spec):
+        return (folder / spec.weights_id).is_file()
+    return all((folder / f).is_file() for f in spec.weights_files)
+
+
+def _expected(spec: ModelSpec) -> str:
+    if _is_file_checkpoint(spec):
+        return f"file {spec.weights_id} (from {spec.weights_url})"
+    return f"hub repo {spec.weights_id} (files {', '.join(spec.weights_files)})"
+
+
+def _where_to_put(spec: ModelSpec) -> str:
+    if _is_file_checkpoint(spec):
+        return f"${ENV_DIR}/{spec.weights_id}"
+    return (
+        f"${ENV_DIR}/{spec.weights_id}/ (huggingface-cli download {spec.weights_id} "
+        f"--local-dir ${ENV_DIR}/{spec.weights_id})"
+    )
+
+
+def _explicit(spec: ModelSpec, weights: str | Path) -> Path:
+    """An explicit path: a checkpoint file, or a folder holding the expected files."""
+    path = Path(weights).expanduser()
+    if path.is_file() and (_is_file_checkpoint(spec) or len(spec.weights_files) == 1):
+        return path
+    if path.is_dir():
+        for folder in (path, path / spec.weights_id):
+            if _complete(spec, folder):
+                return _target(spec, folder)
+    raise WeightsNotFoundError(
+        f"model {spec.name}: weights path {path} is not {'a file or ' if len(spec.weights_files) < 2 else ''}"
+        f"a folder holding {_expected(spec)}; fix the path in the job file"
+    )
+
+
+def _weights_dir(spec: ModelSpec) -> Path | None:
+    root = os.environ.get(ENV_DIR)
+    if not root:
+        return None
+    base = Path(root).expanduser()
+    folder = base if _is_file_checkpoint(spec) else base / spec.weights_id
+    return _target(spec, folder) if _complete(spec, folder) else None
+
+
+def _checkpoint_dir() -> Path:
+    """torch's checkpoint folder (``$TORCH_HOME/hub/checkpoints``): where file checkpoints are cached."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _library_cache(spec: ModelSpec) -> Path | None:
+    if _is_file_checkpoint(spec):
+        folder = _checkpoint_dir()
+        return _target(spec, folder) if _complete(spec, folder) else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(spec.weights_id, f) for f in spec.weights_files]
+    if not all(isinstance(p, str) for p in found):
+        return None
+    return _target(spec, Path(found[0]).parent)
+
+
+def _local(spec: ModelSpec, weights: str | Path | None) -> Path | None:
+    if weights is not None:
+        return _explicit(spec, weights)
+    return _weights_dir(spec) or _library_cache(spec)
+
+
+def _host_answers(url: str) -> bool:
+    """A TCP connect to the download host, bounded by a thread so slow DNS cannot stall us."""
+    host = urlparse(url).hostname or ""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=_PROBE_SECONDS).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(_PROBE_SECONDS + 0.5)
+    return bool(result and result[0])
+
+
+def _download_blocker(spec: ModelSpec) -> str | None:
+    """Why no download will be tried, or None when it should be."""
+    choice = os.environ.get(ENV_DOWNLOAD, "").strip().lower()
+    if choice in _TRUE:
+        return None
+    if choice in {"0", "false", "no", "off"}:
+        return f"downloads are off ({ENV_DOWNLOAD}={choice})"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "offline (HF_HUB_OFFLINE is set)"
+    if not _host_answers(spec.weights_url):
+        return f"offline ({urlparse(spec.weights_url).hostname} does not answer)"
+    return None
+
+
+def _download(spec: ModelSpec) -> Path:
+    if _is_file_checkpoint(spec):
+        import gdown
+
+        folder = _checkpoint_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / (spec.weights_id + ".part")
+        gdown.download(spec.weights_url, str(part), quiet=False)
+        if not part.is_file():
+            raise WeightsNotFoundError(f"model {spec.name}: download of {spec.weights_url} failed")
+        part.replace(folder / spec.weights_id)
+        return folder / spec.weights_id
+    from huggingface_hub import hf_hub_download
+
+    paths = [hf_hub_download(spec.weights_id, f) for f in spec.weights_files]
+    return _target(spec, Path(paths[0]).parent)
+
+
+def resolve(spec: ModelSpec, weights: str | Path | None = None) -> Path:
+    """The local path of ``spec``'s weights, downloading only when allowed and reachable.
+
+    Raises WeightsNotFoundError naming the model, what is expected and where to put it.
+    """
+    found = _local(spec, weights)
+    if found is not None:
+        return found
+    blocker = _download_blocker(spec)
+    if blocker is None:
+        try:
+            return _download(spec)
+        except WeightsNotFoundError:
+            raise
+        except Exception as exc:  # network and hub errors: report them as missing weights
+            blocker = f"download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    raise WeightsNotFoundError(
+        f"model {spec.name}: weights not found, {blocker}; expected {_expected(spec)}; "
+        f"put it at {_where_to_put(spec)} or give its path as weights: in the job file"
+    )
+
+
+def status(spec: ModelSpec, weights: str | Path | None = None) -> tuple[bool, str]:
+    """(available, where or why not), from the disk only."""
+    if not spec.needs_weights:
+        return True, "built in (no weights)"
+    try:
+        found = _local(spec, weights)
+    except WeightsNotFoundError as exc:
+        return False, str(exc)
+    if found is not None:
+        return True, str(found)
+    return False, f"missing: expected {_expected(spec)} at {_where_to_put(spec)} or in the library cache"

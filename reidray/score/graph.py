@@ -1,0 +1,98 @@
+"""The score stage's Ray task graph: one task per (model, dataset) cell, started as soon as that
+cell's embeddings are complete; each returns the cell's results rows, which the driver stores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from reidray.embed.pipeline import CellEmbedding
+from reidray.errors import CellError, ReidrayError
+from reidray.models import get
+from reidray.score.results import to_table
+from reidray.store import Store
+
+
+def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
+    """The cell's embeddings with its manifest's columns (dataset-specific ones included)."""
+    embeddings = store.read_cell(model, dataset)
+    manifest = store.read_table(store.manifest_path(dataset))
+    order = pc.index_in(embeddings.column("image_id"), value_set=manifest.column("image_id"))
+    if order.null_count:
+        raise CellError(f"cell {model}/{dataset}: embeddings and manifest disagree on the image ids; rerun embed")
+    extra = manifest.take(order).drop_columns(["image_id", "pid", "camid", "split"])
+    table = embeddings
+    for name in extra.column_names:
+        table = table.append_column(name, extra.column(name))
+    return table
+
+
+@ray.remote(num_cpus=1)
+def score_task(root: str, cell: CellEmbedding, max_rank: int) -> list[dict]:
+    """Score one stored cell; every failure comes back as a CellError naming the cell."""
+    from reidray.score.protocols import score_cell
+
+    spec = get(cell.model)
+    try:
+        table = joined_cell(Store.open(root), cell.model, cell.dataset)
+        start = time.perf_counter()
+        rows = score_cell(cell.dataset, table, spec.metric, max_rank=max_rank)
+    except ReidrayError as exc:
+        message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.model}/{cell.dataset}: {exc}"
+        raise CellError(message) from None
+    seconds = time.perf_counter() - start
+    created = datetime.now(timezone.utc)
+    common = {
+        "model": cell.model,
+        "paradigm": spec.paradigm,
+        "params": float(spec.params_m),
+        "dataset": cell.dataset,
+        "dim": cell.dim,
+        "metric": spec.metric,
+        "embed_seconds": cell.embed_seconds,
+        "images_per_second": cell.images_per_second,
+        "score_seconds": seconds,
+        "device": cell.device,
+        "random_init": cell.random_init,
+        "fingerprint": cell.fingerprint,
+        "created_at": created,
+    }
+    return [{**common, **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}} for row in rows]
+
+
+@dataclass
+class ScoreGraph:
+    """Submits a score task per finished cell and stores each cell's rows as they arrive."""
+
+    store: Store
+    max_rank: int = 50
+    pending: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    done: list[tuple[str, str]] = field(default_factory=list)
+
+    def submit(self, cell: CellEmbedding) -> None:
+        ref = score_task.remote(self.store.root, cell, self.max_rank)
+        self.pending[ref] = cell
+
+    def collect(self, wait: bool = False) -> None:
+        """Store the rows of every finished task; with ``wait``, of all of them."""
+        while self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=None if wait else 0)
+            if not ready:
+                return
+            cell = self.pending.pop(ready[0])
+            try:
+                rows = ray.get(ready[0])
+            except Exception as exc:  # a RayTaskError wrapping our CellError
+                cause = getattr(exc, "cause", None) or exc
+                self.failures.append(str(cause) if isinstance(cause, ReidrayError) else f"cell {cell.model}/{cell.dataset}: {cause}")
+                continue
+            self.store.write_table(self.store.result_path(cell.model, cell.dataset), to_table(rows))
+            self.done.append((cell.model, cell.dataset))

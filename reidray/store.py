@@ -1,0 +1,177 @@
+"""Where everything lives under the output root, atomic writes, and cell fingerprints.
+
+The output root is a local folder or a URI that pyarrow understands (``file://``, ``s3://``,
+``gs://``), so that workers on many nodes write to one place. Layout::
+
+    <root>/manifests/<dataset>.parquet
+    <root>/embeddings/<model>/<dataset>/part-*.parquet + cell.json (written last)
+    <root>/results/<model>__<dataset>.parquet
+    <root>/report/...
+
+A cell is complete exactly when its ``cell.json`` exists and carries the fingerprint the current
+run computes; everything else about a cell is scratch and is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from reidray import __version__
+from reidray.errors import ReidrayError
+
+CELL_MARKER = "cell.json"
+
+
+@dataclass(frozen=True)
+class Store:
+    """The output root: a pyarrow filesystem and a base path on it."""
+
+    root: str
+    fs: pafs.FileSystem
+    base: str
+
+    @classmethod
+    def open(cls, root: str) -> Store:
+        """Resolve ``root`` (a path or URI) and check that it can be written."""
+        try:
+            if "://" in root:
+                fs, base = pafs.FileSystem.from_uri(root)
+            else:
+                fs, base = pafs.LocalFileSystem(), _absolute(root)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ReidrayError(f"output root {root!r} cannot be opened: {exc}") from exc
+        store = cls(root=root, fs=fs, base=base.rstrip("/"))
+        store._check_writable()
+        return store
+
+    def _check_writable(self) -> None:
+        probe = self.path(f".write-probe-{uuid.uuid4().hex}")
+        try:
+            self.fs.create_dir(self.base, recursive=True)
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise ReidrayError(
+                f"output root {self.root!r} is not writable ({exc}); pass --out with a folder you can write"
+            ) from exc
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def uri(self, *parts: str) -> str:
+        """A path other processes (Ray workers, Polars) can open: the URI form for remote roots."""
+        if "://" in self.root:
+            return "/".join([self.root.rstrip("/"), *parts])
+        return self.path(*parts)
+
+    # --- layout -------------------------------------------------------------------------
+    def manifest_path(self, dataset: str) -> str:
+        return self.path("manifests", f"{dataset}.parquet")
+
+    def cell_dir(self, model: str, dataset: str) -> str:
+        return self.path("embeddings", model, dataset)
+
+    def results_dir(self) -> str:
+        return self.path("results")
+
+    def result_path(self, model: str, dataset: str) -> str:
+        return self.path("results", f"{model}__{dataset}.parquet")
+
+    def report_dir(self) -> str:
+        return self.path("report")
+
+    # --- reading and writing --------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write atomically: a temporary sibling, then a rename, so readers never see half a file."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, path)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as src:
+            return src.read()
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def read_json(self, path: str) -> Any | None:
+        """The parsed file, or None when it is missing or unreadable (treated as not written)."""
+        try:
+            return json.loads(self.read_bytes(path))
+        except (OSError, FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_table(self, path: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(path, sink.getvalue().to_pybytes())
+
+    def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(path, columns=columns, filesystem=self.fs)
+
+    def clear_dir(self, path: str) -> None:
+        if self.exists(path):
+            self.fs.delete_dir_contents(path, missing_dir_ok=True)
+        self.fs.create_dir(path, recursive=True)
+
+    # --- cells --------------------------------------------------------------------------
+    def cell_marker(self, model: str, dataset: str) -> dict | None:
+        return self.read_json(f"{self.cell_dir(model, dataset)}/{CELL_MARKER}")
+
+    def cell_complete(self, model: str, dataset: str, fingerprint: str) -> bool:
+        marker = self.cell_marker(model, dataset)
+        return marker is not None and marker.get("fingerprint") == fingerprint
+
+    def list_files(self, directory: str, suffix: str) -> list[str]:
+        """Files directly in ``directory`` ending with ``suffix``, sorted; none if it is missing."""
+        selector = pafs.FileSelector(directory, allow_not_found=True)
+        return sorted(
+            info.path for info in self.fs.get_file_info(selector) if info.is_file and info.base_name.endswith(suffix)
+        )
+
+    def read_cell(self, model: str, dataset: str) -> pa.Table:
+        """A complete cell's embeddings (only the part files, never scratch)."""
+        directory = self.cell_dir(model, dataset)
+        parts = self.list_files(directory, ".parquet")
+        if not parts:
+            raise ReidrayError(f"cell {model}/{dataset} has no embeddings under {directory}")
+        return pa.concat_tables(pq.read_table(p, filesystem=self.fs) for p in parts)
+
+
+def _absolute(path: str) -> str:
+    from pathlib import Path
+
+    return str(Path(path).expanduser().resolve())
+
+
+def manifest_hash(table: pa.Table) -> str:
+    """Identity of a manifest's content: the images and their labels, not where they lie."""
+    h = hashlib.sha256()
+    cols = [c for c in table.column_names if c != "path"]
+    sorted_table = table.select(cols).sort_by("image_id")
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, sorted_table.schema) as writer:
+        writer.write_table(sorted_table)
+    h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(fields: dict[str, Any]) -> str:
+    """A short stable hash of a cell's inputs; reidray's version is always part of it."""
+    payload = json.dumps({**fields, "reidray": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -34,6 +34,10 @@ class EmbedSettings(BaseModel):
     num_gpus: float | None = Field(default=None, ge=0, description="per actor; auto: 1 if GPUs exist")
     concurrency: tuple[int, int] = Field(default=(1, 4), description="actor pool (min, max)")
     decode_batch_size: int = Field(default=64, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 autocast on GPUs, fp32 on CPUs"
+    )
+    share_decode: bool = Field(default=True, description="decode once for models with the same input size")
     progress_seconds: float = Field(default=10.0, gt=0, description="how often a cell reports progress")
 
     @field_validator("concurrency")
@@ -42,11 +46,6 @@ class EmbedSettings(BaseModel):
         if not 1 <= value[0] <= value[1]:
             raise ValueError("concurrency must be [min, max] with 1 <= min <= max")
         return value
-
-
-class ScoreSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_rank: int = Field(default=50, gt=0)
 
 
 class JobConfig(BaseModel):
@@ -62,7 +61,6 @@ class JobConfig(BaseModel):
     random_init: bool = False
     synthetic: dict[str, int] = Field(default_factory=dict, description="generate() size options")
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
-    score: ScoreSettings = Field(default_factory=ScoreSettings)
     report: Literal[True, False] = True
 
     @field_validator("models", mode="before")

@@ -31,11 +31,8 @@ class Grid:
 
 def connect(address: str | None) -> None:
     """Start Ray locally, or join the cluster named by ``address`` / ``RAY_ADDRESS``."""
-    import logging
-
     import ray
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # reidray prints its own progress
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -107,31 +104,53 @@ def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dic
     return manifests
 
 
+def decode_groups(model_names: list[str]) -> list[list[str]]:
+    """Models that share an input size and interpolation share one decoded copy of a dataset."""
+    groups: dict[tuple, list[str]] = {}
+    for name in model_names:
+        spec = models.get(name)
+        groups.setdefault((spec.input_size, spec.resize, spec.interpolation), []).append(name)
+    return list(groups.values())
+
+
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
                     score: bool = True) -> list[str]:
     """Embed every cell and, as each completes, start its score task; returns the failures."""
-    from reidray.embed.pipeline import embed_cell
+    from reidray.embed.pipeline import decoded_images, embed_cell, is_complete, user_error
     from reidray.score.graph import ScoreGraph
 
-    graph = ScoreGraph(store, max_rank=job.score.max_rank)
+    graph = ScoreGraph(store)
     failures: list[str] = []
-    for model in grid.models:
-        for dataset, manifest in manifests.items():
-            try:
-                cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
-                                  random_init=job.random_init, settings=job.embed, say=say)
-            except ReidrayError as exc:
-                failures.append(str(exc))
-                say(f"FAILED {exc}")
-                continue
-            if cell.skipped:
-                say(f"embed {model}/{dataset}: complete already ({cell.n_images:,} images), skipped")
-            else:
-                say(f"embed {model}/{dataset}: {cell.n_images:,} images in {cell.embed_seconds:.1f} s "
-                    f"({cell.images_per_second:.0f} images/s, {cell.device})")
-            if score:
-                graph.submit(cell)
-                graph.collect()
+    for dataset, manifest in manifests.items():
+        for group in decode_groups(grid.models):
+            todo = [m for m in group if not is_complete(store, m, dataset, manifest, weights=job.weights_for(m),
+                                                        random_init=job.random_init, settings=job.embed)]
+            decoded = None
+            if job.embed.share_decode and len(todo) > 1:
+                say(f"decode {dataset} once for {', '.join(todo)}")
+                try:
+                    decoded = decoded_images(manifest, todo[0], job.embed).materialize()
+                except Exception as exc:  # a bad image fails every cell that needed it
+                    for model in todo:
+                        failures.append(f"cell {model}/{dataset}: {user_error(exc) or exc}")
+                        say(f"FAILED {failures[-1]}")
+                    continue
+            for model in group:
+                try:
+                    cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
+                                      random_init=job.random_init, settings=job.embed, say=say, decoded=decoded)
+                except ReidrayError as exc:
+                    failures.append(str(exc))
+                    say(f"FAILED {exc}")
+                    continue
+                if cell.skipped:
+                    say(f"embed {model}/{dataset}: complete already ({cell.n_images:,} images), skipped")
+                else:
+                    say(f"embed {model}/{dataset}: {cell.n_images:,} images in {cell.embed_seconds:.1f} s "
+                        f"({cell.images_per_second:.0f} images/s, {cell.device})")
+                if score:
+                    graph.submit(cell)
+                    graph.collect()
     graph.collect(wait=True)
     for line in graph.failures:
         say(f"FAILED {line}")
@@ -145,7 +164,7 @@ def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str
     from reidray.embed.pipeline import CellEmbedding
     from reidray.score.graph import ScoreGraph
 
-    graph = ScoreGraph(store, max_rank=job.score.max_rank)
+    graph = ScoreGraph(store)
     failures = []
     for model in grid.models:
         for dataset in grid.datasets:

@@ -6,6 +6,6 @@ One module per dataset holds all of that dataset's layout rules (and its synthet
 
 from reidray.datasets.registry import discover, get, load, names
 from reidray.datasets.spec import Counts, DatasetSpec
-from reidray.datasets.summary import summarize
+from reidray.datasets.summary import summarize, summary_lines
 
-__all__ = ["Counts", "DatasetSpec", "discover", "get", "load", "names", "summarize"]
+__all__ = ["Counts", "DatasetSpec", "discover", "get", "load", "names", "summarize", "summary_lines"]

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from reidray.datasets import market_style
 from reidray.datasets.spec import Counts, DatasetSpec
-
-
+from reidray.datasets.synth import plan
+from reidray.datasets.synth.world import World
 
 def parse(dataset_dir: Path, *, dataset: str = "market1501") -> pa.Table:
     """The manifest of a Market-1501-layout folder, junk (-1) and distractors (0000) flagged."""
@@ -28,16 +28,14 @@ def parse(dataset_dir: Path, *, dataset: str = "market1501") -> pa.Table:
     )
 
 
-def write_synthetic(dest: Path, world, rng: np.random.Generator, *, n_ids: int, n_train_ids: int) -> list[dict]:
+def write_synthetic(dest: Path, world: World, rng: np.random.Generator, *, n_ids: int, n_train_ids: int) -> list[dict]:
     """Write a synthetic Market-1501 release (junk -1 and distractor 0000 boxes included)."""
-    from reidray.datasets.synth import plan
-
     shots = plan.market_like(n_ids, n_train_ids, len(world.cameras), rng)
     files = []
     for shot, frame in zip(shots, plan.frames(shots, rng)):
         box = 0 if shot.split == "query" else int(rng.integers(1, 4))
         name = market_style.market_name(shot.pid, shot.cam, 1 + frame // 5000, frame, box)
-        files.append((shot, f"{market_style.FOLDERS[shot.split]}/{name}"))
+        files.append((shot, f"{market_style.FOLDERS[shot.split]}/{name}", {}))
     return world.save_all(dest, files)
 
 

@@ -56,15 +56,27 @@ def parse(
     """The manifest of a Market-style release (train is optional: evaluation needs only query
     and gallery)."""
     rows = manifest.Rows(dataset_dir)
+    add_release(rows, dataset_dir, dataset=dataset, junk_ids=junk_ids, distractor_ids=distractor_ids)
+    return manifest.build(rows, dataset)
+
+
+def add_release(
+    rows: manifest.Rows,
+    folder: Path,
+    *,
+    dataset: str,
+    junk_ids: frozenset[int] = frozenset(),
+    distractor_ids: frozenset[int] = frozenset(),
+) -> None:
+    """Append the images of the Market-style release in `folder` (which may lie below the
+    dataset folder, e.g. CUHK03-NP's `detected/`)."""
     for split, folder_name in FOLDERS.items():
-        folder = (
-            layout.child(dataset_dir, folder_name, kind="dir")
-            if split == "train"
-            else layout.require(dataset_dir, folder_name, dataset=dataset)
-        )
-        if folder is None:
+        if split == "train":
+            found = layout.child(folder, folder_name, kind="dir")
+        else:
+            found = layout.require(folder, folder_name, dataset=dataset)
+        if found is None:
             continue
-        for path in layout.images(folder):
+        for path in layout.images(found):
             pid, camid = parse_name(path, dataset=dataset)
             rows.add(path, pid, camid, split, is_junk=pid in junk_ids, is_distractor=pid in distractor_ids)
-    return manifest.build(rows, dataset)

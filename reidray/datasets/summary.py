@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reidray.datasets.manifest import NO_CAMERA, SPLITS
-from reidray.datasets.registry import discover, get
+from reidray.datasets.registry import discover, get, names
 from reidray.errors import ReidrayError
 
 
@@ -53,3 +53,34 @@ def summarize(root: str | Path) -> list[dict]:
                     diffs.append(f"{key} {measured[key]} != {want} official")
             rows.append({**base, "split": split, **measured, "mismatch": "; ".join(diffs), "error": ""})
     return rows
+
+
+def summary_lines(root: str | Path) -> list[str]:
+    """`summarize(root)` as text for the CLI: one block per dataset found, mismatches called
+    out, then the registered datasets that were not found."""
+    rows = summarize(root)
+    lines, seen = [], []
+    for row in rows:
+        if row["dataset"] not in seen:
+            seen.append(row["dataset"])
+            lines.append(f"{row['dataset']}  {row['folder']}")
+            note = get(row["dataset"]).note
+            if note:
+                lines.append(f"  note: {note}")
+        if row["error"]:
+            lines.append(f"  ERROR: {row['error']}")
+            continue
+        flags = f"  ({row['junk']:,} junk, {row['distractors']:,} distractors)" if row["junk"] or row["distractors"] else ""
+        official = "/".join("?" if row[f"official_{k}"] is None else f"{row[f'official_{k}']:,}"
+                            for k in ("images", "identities", "cameras"))
+        verdict = f"MISMATCH: {row['mismatch']}" if row["mismatch"] else "ok"
+        lines.append(
+            f"  {row['split']:8s}{row['images']:>9,} images {row['identities']:>7,} ids {row['cameras']:>3} cams"
+            f"{flags}   official {official}   {verdict}"
+        )
+    missing = [n for n in names() if n not in seen]
+    if not rows:
+        lines.append(f"no dataset found under {root}")
+    if missing:
+        lines.append(f"not found: {', '.join(missing)}")
+    return lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pyarrow as pa
 
@@ -17,8 +19,8 @@ def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
 class EncoderActor:
     """Holds the model on its device; Ray Data feeds it batches from the decode stage."""
 
-    def __init__(self, model: str, weights: str | None, random_init: bool, device: str | None = None,
-                 tracker=None) -> None:
+    def __init__(self, model: str, weights: str | None, random_init: bool, precision: str = "fp32",
+                 device: str | None = None, tracker=None) -> None:
         import ray
         import torch
 
@@ -28,6 +30,7 @@ class EncoderActor:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder = build(model, weights=weights, random_init=random_init, device=self.device).eval()
         self.spec = self.encoder.spec
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.tracker = tracker
         if tracker is not None:
             tracker.register.remote(ray.get_runtime_context().current_actor)
@@ -40,7 +43,12 @@ class EncoderActor:
         camids = None
         if self.spec.uses_camera:
             camids = torch.from_numpy(np.asarray(batch["camid"], dtype=np.int64)).to(self.device)
-        with torch.inference_mode():
+        autocast = (
+            torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
             vectors = self.encoder(normalize(pixels, self.spec), camids).float().cpu().numpy()
         columns = {k: pa.array(np.asarray(batch[k])) for k in PASSTHROUGH}
         if self.tracker is not None:

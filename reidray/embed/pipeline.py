@@ -11,6 +11,7 @@ a crash ends with exactly one row per image.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -49,8 +50,9 @@ class CellEmbedding:
         return self.n_images / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
-def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest: pa.Table) -> str:
-    """Everything that changes a cell's embeddings: model facts, weights, the images."""
+def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest: pa.Table,
+                     precision: str = "fp32") -> str:
+    """Everything that changes a cell's embeddings: model facts, weights, precision, the images."""
     spec = get(model)
     return fingerprint(
         {
@@ -58,23 +60,59 @@ def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifes
             "weights_id": spec.weights_id,
             "weights": weights,
             "random_init": random_init,
+            "precision": precision,
             "preprocess": [spec.input_size, spec.resize, spec.interpolation, spec.mean, spec.std],
             "manifest": manifest_hash(manifest),
         }
     )
 
 
-def _resources(settings: EmbedSettings) -> tuple[float, tuple[int, int], str]:
-    """GPUs per actor, pool size and device label: one GPU per actor when the cluster has GPUs."""
+@dataclass(frozen=True)
+class Resources:
+    """What the encoder actors ask Ray for, and the arithmetic they run in."""
+
+    num_gpus: float
+    pool: tuple[int, int]
+    device: str
+    precision: str
+
+
+def resources(settings: EmbedSettings) -> Resources:
+    """One GPU per actor when the cluster has GPUs (or the job says so); bf16 there by default."""
     gpus_in_cluster = ray.cluster_resources().get("GPU", 0)
     num_gpus = settings.num_gpus if settings.num_gpus is not None else (1.0 if gpus_in_cluster else 0.0)
     if num_gpus == 0:
         # On CPU an actor already uses every core through torch; more actors only contend.
-        return 0.0, (1, 1), "cpu"
-    return num_gpus, settings.concurrency, "cuda"
+        precision = "fp32" if settings.precision == "auto" else settings.precision
+        return Resources(0.0, (1, 1), "cpu", precision)
+    precision = "bf16" if settings.precision == "auto" else settings.precision
+    return Resources(num_gpus, settings.concurrency, "cuda", precision)
 
 
-def _user_error(exc: BaseException) -> ReidrayError | None:
+def is_complete(store: Store, model: str, dataset: str, manifest: pa.Table, *, weights: str | None,
+                random_init: bool, settings: EmbedSettings) -> bool:
+    """Whether the stored cell already holds exactly what this run would write."""
+    fp = cell_fingerprint(model, weights, random_init, manifest, resources(settings).precision)
+    return store.cell_complete(model, dataset, fp)
+
+
+def _quiet_ray_data() -> None:
+    """reidray reports each cell's progress itself: Ray Data's own bars and INFO lines only add noise."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> ray.data.Dataset:
+    """The CPU stage: every manifest image decoded and resized for ``model`` (and any model with
+    the same input size and interpolation)."""
+    _quiet_ray_data()
+    rows = manifest.select(["image_id", "path", "pid", "camid", "split"])
+    return ray.data.from_arrow(rows).map_batches(
+        decode_resize, fn_kwargs={"model": model}, batch_size=settings.decode_batch_size
+    )
+
+
+def user_error(exc: BaseException) -> ReidrayError | None:
     """The reidray error a Ray failure wraps, if any (Ray chains user exceptions as causes)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -95,11 +133,16 @@ def embed_cell(
     random_init: bool = False,
     settings: EmbedSettings | None = None,
     say: Callable[[str], None] = print,
+    decoded: ray.data.Dataset | None = None,
 ) -> CellEmbedding:
-    """Embed one dataset with one model, or skip it when its complete cell is already stored."""
+    """Embed one dataset with one model, or skip it when its complete cell is already stored.
+
+    ``decoded`` is the output of :func:`decoded_images` when several models share it.
+    """
     settings = settings or EmbedSettings()
     spec = get(model)
-    fp = cell_fingerprint(model, weights, random_init, manifest)
+    res = resources(settings)
+    fp = cell_fingerprint(model, weights, random_init, manifest, res.precision)
     marker = store.cell_marker(model, dataset)
     if marker is not None and marker.get("fingerprint") == fp:
         return CellEmbedding(
@@ -107,20 +150,16 @@ def embed_cell(
             marker["device"], random_init, skipped=True,
         )
 
-    num_gpus, (pool_min, pool_max), device = _resources(settings)
     cell_dir = store.cell_dir(model, dataset)
     store.clear_dir(cell_dir)  # drops any half-written attempt, marker included
-    rows = manifest.select(["image_id", "path", "pid", "camid", "split"])
     label = f"embed {model}/{dataset}"
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours below say more, less often
     tracker = ProgressTracker.options(name=tracker_name(model, dataset)).remote()
-    ds = ray.data.from_arrow(rows)
-    ds = ds.map_batches(decode_resize, fn_kwargs={"model": model}, batch_size=settings.decode_batch_size)
-    ds = ds.map_batches(
+    ds = (decoded if decoded is not None else decoded_images(manifest, model, settings)).map_batches(
         EncoderActor,
-        fn_constructor_kwargs={"model": model, "weights": weights, "random_init": random_init, "tracker": tracker},
-        compute=ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max),
-        num_gpus=num_gpus,
+        fn_constructor_kwargs={"model": model, "weights": weights, "random_init": random_init,
+                               "precision": res.precision, "tracker": tracker},
+        compute=ray.data.ActorPoolStrategy(min_size=res.pool[0], max_size=res.pool[1]),
+        num_gpus=res.num_gpus,
         batch_size=settings.batch_size or spec.batch_size,
     )
     failure: list[BaseException] = []
@@ -141,7 +180,7 @@ def embed_cell(
     finally:
         ray.kill(tracker)
     if failure:  # Ray wraps the worker's exception; surface ours with the cell named
-        cause = _user_error(failure[0])
+        cause = user_error(failure[0])
         raise CellError(f"cell {model}/{dataset}: {cause or failure[0]}") from failure[0]
     seconds = time.perf_counter() - start
 
@@ -159,11 +198,12 @@ def embed_cell(
             "n_images": written.num_rows,
             "dim": dim,
             "embed_seconds": seconds,
-            "device": device,
+            "device": res.device,
+            "precision": res.precision,
             "created_at": datetime.now(timezone.utc).isoformat(),
         },
     )
-    return CellEmbedding(model, dataset, fp, written.num_rows, dim, seconds, device, random_init, skipped=False)
+    return CellEmbedding(model, dataset, fp, written.num_rows, dim, seconds, res.device, random_init, skipped=False)
 
 
 def _verify(written: pa.Table, manifest: pa.Table, model: str, dataset: str) -> None:

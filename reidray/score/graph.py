@@ -35,7 +35,7 @@ def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
 
 
 @ray.remote(num_cpus=1)
-def score_task(root: str, cell: CellEmbedding, max_rank: int) -> list[dict]:
+def score_task(root: str, cell: CellEmbedding) -> list[dict]:
     """Score one stored cell; every failure comes back as a CellError naming the cell."""
     from reidray.score.protocols import score_cell
 
@@ -43,7 +43,7 @@ def score_task(root: str, cell: CellEmbedding, max_rank: int) -> list[dict]:
     try:
         table = joined_cell(Store.open(root), cell.model, cell.dataset)
         start = time.perf_counter()
-        rows = score_cell(cell.dataset, table, spec.metric, max_rank=max_rank)
+        rows = score_cell(cell.dataset, table, spec.metric, cell=f"{cell.model}/{cell.dataset}")
     except ReidrayError as exc:
         message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.model}/{cell.dataset}: {exc}"
         raise CellError(message) from None
@@ -72,13 +72,12 @@ class ScoreGraph:
     """Submits a score task per finished cell and stores each cell's rows as they arrive."""
 
     store: Store
-    max_rank: int = 50
     pending: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     done: list[tuple[str, str]] = field(default_factory=list)
 
     def submit(self, cell: CellEmbedding) -> None:
-        ref = score_task.remote(self.store.root, cell, self.max_rank)
+        ref = score_task.remote(self.store.root, cell)
         self.pending[ref] = cell
 
     def collect(self, wait: bool = False) -> None:

@@ -19,6 +19,7 @@ SCHEMA = pa.schema(
         ("rank10", pa.float64()),
         ("rank20", pa.float64()),
         ("mINP", pa.float64()),
+        ("cmc", pa.list_(pa.float64())),  # the CMC curve, ranks 1..50
         ("n_query", pa.int64()),
         ("n_query_scored", pa.int64()),
         ("n_gallery", pa.int64()),

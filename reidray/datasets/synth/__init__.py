@@ -22,14 +22,28 @@ from reidray.errors import DatasetLayoutError, UnknownNameError
 
 FOLDER = "reidray-synth"
 MARKER = ".reidray-synth.json"
-VERSION = 1  # bump when the drawing or a layout changes, so old folders are regenerated
+VERSION = 2  # bump when the drawing or a layout changes, so old folders are regenerated
 
 
 def _writers() -> dict:
     """layout name -> (folder name, writer); each writer lives beside its dataset's parser."""
-    from reidray.datasets import market1501
+    from functools import partial
 
-    return {"market1501": (FOLDER, market1501.write_synthetic)}
+    from reidray.datasets import celebreid, cuhk03, dukemtmcreid, grid, iust, last, market1501, msmt17, pku
+
+    return {
+        "market1501": (FOLDER, market1501.write_synthetic),
+        "dukemtmcreid": ("DukeMTMC-reID", dukemtmcreid.write_synthetic),
+        "msmt17": ("MSMT17_V1", msmt17.write_synthetic),
+        "msmt17-v2": ("MSMT17_V2", partial(msmt17.write_synthetic, version=2)),
+        "cuhk03": ("cuhk03", cuhk03.write_synthetic),
+        "cuhk03-np": ("cuhk03-np", cuhk03.write_synthetic_packaged),
+        "grid": ("underground_reid", grid.write_synthetic),
+        "celebreid": ("Celeb-reID", celebreid.write_synthetic),
+        "pku": ("PKU-Reid-Dataset", pku.write_synthetic),
+        "last": ("last", last.write_synthetic),
+        "iust": ("IUSTPersonReID", iust.write_synthetic),
+    }
 
 
 def layouts() -> list[str]:

@@ -49,9 +49,12 @@ def market_like(
     distractors: float = 0.06,
     max_per_cam: int = 3,
     max_queries: int = 2,
+    gallery_only: int = 0,
 ) -> list[Shot]:
     """Shots for a Market-1501-like release. Identities 0..n_train_ids-1 are train, the next
-    n_ids are test; `junk` and `distractors` are fractions of the gallery size."""
+    n_ids are test; `junk` and `distractors` are fractions of the gallery size; the last
+    `gallery_only` test identities are seen by one camera and never queried (DukeMTMC-reID's
+    distractor identities)."""
     if n_cams < 2:
         raise ValueError("a ReID dataset needs at least 2 cameras")
     label = pids(n_train_ids + n_ids, rng)
@@ -68,8 +71,9 @@ def market_like(
                 counter += 1
     n_gallery = 0
     for ident in range(n_train_ids, n_train_ids + n_ids):
-        cams = seen_by(ident)
-        n_query = min(int(rng.integers(1, max_queries + 1)), len(cams) - 1)
+        lonely = ident >= n_train_ids + n_ids - gallery_only
+        cams = seen_by(ident)[:1] if lonely else seen_by(ident)
+        n_query = 0 if lonely else min(int(rng.integers(1, max_queries + 1)), len(cams) - 1)
         for cam in rng.choice(cams, size=n_query, replace=False):
             shots.append(Shot(ident, int(label[ident]), int(cam), "query", counter))
             counter += 1

@@ -14,6 +14,8 @@ not to the person.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,19 +157,20 @@ _YY, _XX = np.mgrid[0:H, 0:W].astype(np.float32)
 
 
 def _paint(img: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
-    """img[mask] = colour, where colour is an RGB triple or an [H, W, 3] field."""
-    img[mask] = colour[mask] if colour.ndim == 3 else colour
+    """img[mask] = colour (an RGB triple)."""
+    img[mask] = colour
 
 
 def _background(cam: Camera, rng: np.random.Generator) -> np.ndarray:
     """The camera's scene behind the person: a wall with shop-front texture over the floor,
     varying per shot because people cross the view in front of different shops, plus clutter."""
     shift = rng.uniform(0, 200)
-    wave = np.sin((_XX + shift) * (2 * np.pi / cam.texture_period))[..., None]
+    columns = 1 + cam.texture_amp * np.sign(np.sin((_XX[0] + shift) * (2 * np.pi / cam.texture_period)))
+    rows = _YY[:, 0] / H
     wall = 0.5 * cam.wall + 0.5 * rng.uniform(0.25, 0.8, 3).astype(np.float32)  # the shop behind
-    img = wall * (1 + cam.texture_amp * np.sign(wave)) * (1 - 0.25 * _YY[..., None] / H)
-    floor = _YY >= cam.horizon * H
-    _paint(img, floor, cam.floor * (0.8 + 0.4 * (_YY[..., None] / H)))
+    img = wall * columns[None, :, None] * (1 - 0.25 * rows)[:, None, None]
+    floor = rows >= cam.horizon
+    img[floor] = cam.floor * (0.8 + 0.4 * rows[floor])[:, None, None]
     for _ in range(rng.integers(0, 3)):
         x0, y0 = rng.uniform(-10, W), rng.uniform(0, H)
         box = (_XX >= x0) & (_XX < x0 + rng.uniform(4, 20)) & (_YY >= y0) & (_YY < y0 + rng.uniform(6, 40))
@@ -232,9 +235,10 @@ def _person(img: np.ndarray, who: Identity, cam: Camera, rng: np.random.Generato
     if who.bag == "backpack" and view == "front":
         straps = (np.abs(np.abs(u) - sh * 0.55) < 0.015) & (v > 0.13) & (v < 0.32)
         paint(straps, who.bag_colour)
-    # arms: swinging strips beside the torso, short sleeves show skin below the elbow
+    # arms: strips beside the torso (one arm, swinging forward or back, from the side); short
+    # sleeves show skin below the elbow
     for sgn in (-1.0, 1.0) if not side else (0.0,):
-        centre = sgn * (sh + 0.025) + (sgn or facing) * swing * (v - 0.15) * (1 if sgn >= 0 else -1)
+        centre = sgn * (sh + 0.025) + (sgn or facing) * swing * (v - 0.15)
         arm = (np.abs(u - centre) < 0.028) & (v >= 0.14) & (v < waist + 0.02)
         sleeve_end = 0.27 if who.short_sleeves else waist - 0.03
         paint(arm & (v < sleeve_end), who.upper)
@@ -353,3 +357,17 @@ class World:
             pil.save(path, format="JPEG", quality=self.cameras[shot.cam].jpeg_quality)
         else:
             pil.save(path)
+
+    def save_all(
+        self, dest: Path, files: list[tuple[Shot, str, dict]], size: tuple[int, int] | None = None
+    ) -> list[dict]:
+        """Render each (shot, path relative to `dest`, label overrides) and return the truth
+        rows the parser must find: image_id, pid, camid, split, is_junk, is_distractor, then
+        the overrides. Threads: PIL's blur and encoders release the GIL."""
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(lambda f: self.save(f[0], dest / f[1], size), files))
+        return [
+            {"image_id": rel, "pid": shot.pid, "camid": shot.cam, "split": shot.split,
+             "is_junk": shot.pid == JUNK, "is_distractor": shot.pid == DISTRACTOR, **over}
+            for shot, rel, over in files
+        ]

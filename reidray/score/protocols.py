@@ -1,0 +1,169 @@
+"""The evaluation protocol of every dataset, each in one place, all built on ``evaluate``.
+
+A protocol turns one cell's table (embeddings joined with the manifest) into result rows. Image
+flags mean the same everywhere: ``is_junk`` images are ignored (never a query, never in the
+gallery); ``is_distractor`` images are gallery negatives only (never a match, never a query).
+
+* ``market`` — Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP, IUST, PKU-Reid and the built-in
+  ``reidray-synth``: query split vs gallery split, the Market rule (a gallery image with the
+  query's pid and camera is removed), one row with ``trial`` 0. CUHK03 is scored the way its new
+  protocol (767/700) is defined, Market-style; the single-gallery-shot "CUHK03 metric" belongs to
+  the classic 20-split protocol and is not used. PKU-Reid has no released split: its dataset
+  module writes a deterministic one into ``split``, and the protocol here is the Market rule.
+* ``grid`` — GRID's 10 trials from its released partition (manifest column ``grid_trials``: the
+  trials in which an image is in the test set). Per trial: that trial's probe images against its
+  gallery images plus all 775 distractors, Market rule. One row per trial (0-9) and a mean row
+  (``trial`` -1, ``aggregate`` True): metrics are the mean over trials (the standard GRID
+  figure), counts are the per-trial counts rounded to their mean.
+* ``no-camera-filter`` — Celeb-reID and LaST: every gallery image of the query's identity is a
+  positive, same camera or not (Celeb-reID's camera field is an image index; LaST has no cameras,
+  camid -1). One row, ``trial`` 0.
+
+A protocol that needs camera ids refuses a dataset without them (camid -1) instead of guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reidray.errors import CellError, UnknownNameError
+from reidray.score.metrics import evaluate
+
+MAX_RANK = 50
+RANKS = (1, 5, 10, 20)
+GRID_TRIALS = 10
+REQUIRED = ("embedding", "pid", "camid", "split", "is_junk", "is_distractor")
+
+Protocol = Callable[[pa.Table, str, str], list[dict[str, Any]]]
+
+
+def score_cell(dataset: str, table: pa.Table, metric: str, *, cell: str | None = None) -> list[dict[str, Any]]:
+    """Result rows for one cell: ``dataset``'s protocol applied to ``table``.
+
+    ``cell`` names the cell in error messages (default: the dataset name). Each row has
+    ``protocol``, ``trial``, ``aggregate``, ``mAP``, ``rank1/5/10/20``, ``mINP``, ``cmc`` (the
+    curve to rank 50, a list), ``n_query``, ``n_query_scored``, ``n_gallery``.
+    """
+    if dataset not in PROTOCOLS:
+        raise UnknownNameError("dataset", dataset, list(PROTOCOLS))
+    cell = cell or dataset
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise CellError(f"cell {cell}: the embeddings table lacks column(s) {', '.join(missing)}")
+    return PROTOCOLS[dataset](table, metric, cell)
+
+
+def market(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+    """Single split, Market rule."""
+    return [_score(_Images.from_table(table, cell), "market", 0, metric, cell, camera_filter=True)]
+
+
+def no_camera_filter(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+    """Single split; every same-identity gallery image is a positive (Celeb-reID, LaST)."""
+    return [_score(_Images.from_table(table, cell), "no-camera-filter", 0, metric, cell, camera_filter=False)]
+
+
+def grid(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+    """GRID: one row per trial of the released partition, then their mean."""
+    if "grid_trials" not in table.column_names:
+        raise CellError(f"cell {cell}: GRID needs the manifest column grid_trials (the test trials of each image)")
+    images = _Images.from_table(table, cell)
+    in_trial = _trial_membership(table.column("grid_trials"), cell)
+    rows = []
+    for trial in range(GRID_TRIALS):
+        subset = replace(
+            images,
+            query=images.query & in_trial[:, trial],
+            gallery=images.gallery & (in_trial[:, trial] | images.distractor),
+        )
+        rows.append(_score(subset, "grid", trial, metric, f"{cell} (GRID trial {trial})", camera_filter=True))
+    mean: dict[str, Any] = {"protocol": "grid", "trial": -1, "aggregate": True}
+    for key in ("mAP", *(f"rank{r}" for r in RANKS), "mINP"):
+        mean[key] = float(np.mean([r[key] for r in rows]))
+    mean["cmc"] = np.mean([r["cmc"] for r in rows], axis=0).tolist()
+    for key in ("n_query", "n_query_scored", "n_gallery"):
+        mean[key] = int(round(np.mean([r[key] for r in rows])))
+    return rows + [mean]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "reidray-synth": market,
+    "market1501": market,
+    "dukemtmcreid": market,
+    "msmt17": market,
+    "cuhk03": market,
+    "iust": market,
+    "pku": market,
+    "grid": grid,
+    "celebreid": no_camera_filter,
+    "last": no_camera_filter,
+}
+
+
+@dataclass(frozen=True)
+class _Images:
+    """The table's columns as numpy arrays, and which images form the query and gallery sides."""
+
+    features: np.ndarray
+    pid: np.ndarray
+    camid: np.ndarray
+    distractor: np.ndarray
+    query: np.ndarray
+    gallery: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: pa.Table, cell: str) -> _Images:
+        split = table.column("split").to_numpy(zero_copy_only=False)
+        junk = table.column("is_junk").to_numpy(zero_copy_only=False).astype(bool)
+        distractor = table.column("is_distractor").to_numpy(zero_copy_only=False).astype(bool)
+        return cls(
+            features=_embeddings(table.column("embedding"), cell),
+            pid=table.column("pid").to_numpy().astype(np.int64),
+            camid=table.column("camid").to_numpy().astype(np.int64),
+            distractor=distractor,
+            query=(split == "query") & ~junk & ~distractor,
+            gallery=(split == "gallery") & ~junk,
+        )
+
+
+def _score(images: _Images, protocol: str, trial: int, metric: str, cell: str, *, camera_filter: bool) -> dict[str, Any]:
+    q, g = images.query, images.gallery
+    m = evaluate(
+        images.features[q], images.features[g], images.pid[q], images.pid[g], images.camid[q], images.camid[g],
+        metric=metric, max_rank=MAX_RANK, g_distractor=images.distractor[g], camera_filter=camera_filter, cell=cell,
+    )  # fmt: skip
+    row: dict[str, Any] = {"protocol": protocol, "trial": trial, "aggregate": False, "mAP": m["mAP"]}
+    row.update({f"rank{r}": float(m["cmc"][r - 1]) for r in RANKS})
+    row.update(mINP=m["mINP"], cmc=m["cmc"].tolist())
+    row.update({k: m[k] for k in ("n_query", "n_query_scored", "n_gallery")})
+    return row
+
+
+def _embeddings(column: pa.ChunkedArray, cell: str) -> np.ndarray:
+    """[N, D] features from a (fixed-size) list column, without a per-row Python loop."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_fixed_size_list(array.type) and not pa.types.is_list(array.type):
+        raise CellError(f"cell {cell}: the embedding column must be a list of floats, got {array.type}")
+    if array.null_count:
+        raise CellError(f"cell {cell}: {array.null_count} embeddings are missing (null); re-embed the cell")
+    lengths = np.diff(array.offsets.to_numpy()) if pa.types.is_list(array.type) else None
+    if lengths is not None and len(lengths) and (lengths != lengths[0]).any():
+        raise CellError(f"cell {cell}: embeddings have different lengths ({lengths.min()}..{lengths.max()})")
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(array), -1) if len(array) else values.reshape(0, 0)
+
+
+def _trial_membership(column: pa.ChunkedArray, cell: str) -> np.ndarray:
+    """[N, 10] booleans from GRID's list column of trial indices."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    trials = array.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(trials) and (trials.min() < 0 or trials.max() >= GRID_TRIALS):
+        raise CellError(f"cell {cell}: grid_trials holds trial indices outside 0..{GRID_TRIALS - 1}")
+    member = np.zeros((len(array), GRID_TRIALS), dtype=bool)
+    member[pc.list_parent_indices(array).to_numpy(), trials] = True
+    return member

@@ -1,0 +1,187 @@
+"""Galleries: the stored embedding cells, searchable through a faiss index built once and kept.
+
+A gallery is a complete cell ``(model, dataset)`` under the output root (its ``cell.json`` is
+there); a search runs over the cell's ``split == "gallery"`` rows. Cosine models get an
+inner-product index over L2-normalised vectors, euclidean ones an L2 index (the model's
+``spec.metric``), so a served ranking is the one the evaluation scored. Every hit has a
+``score`` where higher is closer: the cosine similarity, or minus the Euclidean distance.
+
+Indexes are kept per process, least recently used dropped beyond a bound, and rebuilt when the
+cell's fingerprint on disk changes (a re-embedded gallery is never served stale for long).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from reidray.errors import CellError, ReidrayError
+from reidray.models import get
+from reidray.store import CELL_MARKER, Store
+
+RECHECK_SECONDS = 10.0  # how often a kept index looks at its cell.json for a re-embed
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a dataset folder name; never a path
+
+
+class UnknownGalleryError(ReidrayError):
+    """No complete cell for this (model, dataset); the message lists the model's galleries."""
+
+
+class GalleryMismatchError(ReidrayError):
+    """The stored cell was embedded by another version of the model than the one served."""
+
+
+def list_galleries(store: Store) -> list[dict]:
+    """Every complete cell under the output root: model, dataset and what its marker says."""
+    found = []
+    models = store.fs.get_file_info(pafs.FileSelector(store.path("embeddings"), allow_not_found=True))
+    for model_dir in sorted(models, key=lambda i: i.path):
+        if model_dir.type != pafs.FileType.Directory:
+            continue
+        datasets = store.fs.get_file_info(pafs.FileSelector(model_dir.path, allow_not_found=True))
+        for dataset_dir in sorted(datasets, key=lambda i: i.path):
+            if dataset_dir.type != pafs.FileType.Directory:
+                continue
+            marker = store.read_json(f"{dataset_dir.path}/{CELL_MARKER}")
+            if marker is None:
+                continue
+            found.append({
+                "model": model_dir.base_name,
+                "dataset": dataset_dir.base_name,
+                "n_images": marker.get("n_images"),
+                "dim": marker.get("dim"),
+                "random_init": bool(marker.get("random_init", False)),
+                "created_at": marker.get("created_at"),
+            })
+    return found
+
+
+@dataclass
+class GalleryIndex:
+    """One gallery's faiss index and the labels of its rows."""
+
+    model: str
+    dataset: str
+    fingerprint: str
+    metric: str
+    index: object  # faiss.Index
+    image_ids: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    checked_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.image_ids)
+
+    def search(self, query: np.ndarray, k: int) -> list[dict]:
+        """Top-k gallery rows for one query vector, best first."""
+        import faiss
+
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if self.metric == "cosine":
+            faiss.normalize_L2(q)
+        k = min(k, self.size)
+        distances, rows = self.index.search(q, k)
+        hits = []
+        for rank, (d, row) in enumerate(zip(distances[0], rows[0]), start=1):
+            if row < 0:
+                break
+            score = float(d) if self.metric == "cosine" else -float(np.sqrt(max(float(d), 0.0)))
+            hits.append({"rank": rank, "image_id": str(self.image_ids[row]), "pid": int(self.pids[row]),
+                         "camid": int(self.camids[row]), "score": score})
+        return hits
+
+
+def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex:
+    """Read the cell's gallery rows and index them (runs in a worker thread)."""
+    import faiss
+
+    table = store.read_cell(model, dataset)
+    table = table.filter(pc.equal(table.column("split"), "gallery"))
+    if table.num_rows == 0:
+        raise CellError(f"cell {model}/{dataset} has no gallery rows (split == 'gallery') to search")
+    column = table.column("embedding").combine_chunks()
+    vectors = np.ascontiguousarray(
+        column.values.to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size),
+        dtype=np.float32,
+    )
+    metric = get(model).metric
+    if metric == "cosine":
+        faiss.normalize_L2(vectors)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    else:
+        index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(vectors)
+    return GalleryIndex(
+        model, dataset, marker.get("fingerprint", ""), metric, index,
+        table.column("image_id").to_numpy(zero_copy_only=False),
+        table.column("pid").to_numpy(zero_copy_only=False),
+        table.column("camid").to_numpy(zero_copy_only=False),
+        time.monotonic(),
+    )
+
+
+class Galleries:
+    """The galleries of one output root, their indexes kept (LRU, at most ``max_kept``)."""
+
+    def __init__(self, store: Store, *, max_kept: int, random_init: bool) -> None:
+        self.store = store
+        self.max_kept = max_kept
+        self.random_init = random_init
+        self._kept: OrderedDict[tuple[str, str], GalleryIndex] = OrderedDict()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def marker(self, model: str, dataset: str) -> dict:
+        """The cell's marker, or UnknownGalleryError naming the model's galleries."""
+        marker = self.store.cell_marker(model, dataset) if _NAME.fullmatch(dataset) else None
+        if marker is None:
+            own = [g["dataset"] for g in list_galleries(self.store) if g["model"] == model]
+            listed = ", ".join(own) if own else (
+                f"none stored; run `python -m reidray.run embed -m {model} -d <dataset> --out {self.store.root}`"
+            )
+            raise UnknownGalleryError(f"no gallery {dataset!r} for model {model!r}; galleries of {model}: {listed}")
+        self._check_compatible(model, dataset, marker)
+        return marker
+
+    def _check_compatible(self, model: str, dataset: str, marker: dict) -> None:
+        """Vectors from random weights and from trained weights share no space: never mix them."""
+        spec = get(model)
+        if not spec.needs_weights:
+            return
+        stored = bool(marker.get("random_init", False))
+        stored_id = marker.get("weights_id", spec.weights_id)
+        if stored != self.random_init or stored_id != spec.weights_id:
+            embedded = "random weights" if stored else f"weights {stored_id}"
+            served = "random weights" if self.random_init else f"weights {spec.weights_id}"
+            raise GalleryMismatchError(
+                f"gallery {model}/{dataset} was embedded with {embedded} but this service runs {model} "
+                f"with {served}; re-embed the gallery or serve the matching model"
+            )
+
+    async def index(self, model: str, dataset: str) -> GalleryIndex:
+        """The kept index of (model, dataset), built on first use and after a re-embed."""
+        key = (model, dataset)
+        kept = self._kept.get(key)
+        if kept is not None and time.monotonic() - kept.checked_at < RECHECK_SECONDS:
+            self._kept.move_to_end(key)
+            return kept
+        marker = await asyncio.to_thread(self.marker, model, dataset)  # unknown names stop here
+        async with self._locks.setdefault(key, asyncio.Lock()):  # concurrent first searches build once
+            kept = self._kept.get(key)
+            if kept is not None and kept.fingerprint == marker.get("fingerprint", ""):
+                kept.checked_at = time.monotonic()
+            else:
+                kept = await asyncio.to_thread(_build, self.store, model, dataset, marker)
+            self._kept[key] = kept
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.max_kept:
+                self._kept.popitem(last=False)
+            return kept

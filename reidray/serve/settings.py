@@ -1,0 +1,73 @@
+"""The Serve application's arguments, and the rule that keeps it from listening openly unprotected.
+
+The same settings come from ``python -m reidray.run serve`` (command-line options) and from a Serve
+config file's ``args:`` (``serve run``, ``serve deploy``, KubeRay's ``serveConfigV2``), so both
+are validated by one schema; an unknown key or a bad value stops the deploy with its name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reidray.errors import ReidrayError
+
+TOKEN_ENV = "REIDRAY_SERVE_TOKEN"
+MB = 1 << 20
+
+
+class ServeSettings(BaseModel):
+    """What ``build_app`` accepts as Serve application args."""
+
+    model_config = ConfigDict(extra="forbid")
+    out: str = Field(description="output root holding the stored embeddings (absolute path or URI)")
+    token: str | None = Field(default=None, description=f"bearer token; default: ${TOKEN_ENV} on the replica")
+    random_init: bool = Field(default=False, description="serve random-weight encoders (tests, throughput)")
+    weights: dict[str, str] = Field(default_factory=dict, description="model -> explicit weights path")
+    max_upload_bytes: int = Field(default=10 * MB, gt=0, description="larger bodies get 413")
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="larger images get 413 before decoding")
+    max_models_per_replica: int = Field(default=3, gt=0, description="encoders kept per replica (LRU)")
+    max_galleries: int = Field(default=4, gt=0, description="faiss indexes kept per ingress replica (LRU)")
+    max_batch_size: int = Field(default=16, gt=0)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0, description="per encoder replica; default: 1 if the cluster has GPUs")
+    encoder_replicas: int = Field(default=1, gt=0)
+    ingress_replicas: int = Field(default=1, gt=0)
+
+
+def parse_settings(args: dict) -> ServeSettings:
+    """Validate Serve app args; a wrong key or value is named in one line."""
+    try:
+        return ServeSettings.model_validate(args)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "args"
+        raise ReidrayError(f"reidray serve args: {where}: {err['msg']}") from None
+
+
+def resolve_token(settings: ServeSettings) -> str | None:
+    """The configured token, else the environment's (so a Kubernetes Secret never enters a config)."""
+    token = settings.token or os.environ.get(TOKEN_ENV) or None
+    return token.strip() if token else None
+
+
+def is_loopback(host: str) -> bool:
+    """True for hosts only this machine can reach: 127.0.0.0/8, ::1, localhost."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname other than localhost may resolve to any interface
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a token: Serve's HTTP ingress has no auth of its own."""
+    if token is None and not is_loopback(host):
+        raise ReidrayError(
+            f"refusing to serve on {host} without a bearer token: anyone who can reach it could query the "
+            f"galleries; pass --token (or set {TOKEN_ENV}), or listen on 127.0.0.1"
+        )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reidray.datasets import discover, load, market_style, summarize
+from reidray.datasets import discover, load, market_style, summarize, summary_lines
 from reidray.datasets.synth import write_layout
 from reidray.errors import DatasetLayoutError
 
@@ -122,3 +122,5 @@ def test_summarize_calls_out_mismatches(tmp_path: Path) -> None:
     assert "images 2 != 3368 official" in by_split["query"]["mismatch"]
     assert by_split["gallery"]["junk"] == 1 and by_split["gallery"]["distractors"] == 1
     assert by_split["gallery"]["identities"] == 2  # junk and distractor labels are not identities
+    text = "\n".join(summary_lines(tmp_path / "7777_c5s1_000001_00"))
+    assert "MISMATCH: images 2 != 3368 official" in text and "not found: dukemtmcreid" in text

@@ -12,7 +12,7 @@ from PIL import Image
 from reidray.datasets import discover, load
 from reidray.datasets.synth import MARKER, generate
 from reidray.datasets.synth.world import World
-from reidray.errors import DatasetLayoutError
+from reidray.errors import DatasetLayoutError, ReidrayError
 
 SMALL = {"n_ids": 8, "n_cams": 3, "n_train_ids": 2}
 
@@ -51,6 +51,12 @@ def test_generate_never_overwrites_a_folder_it_did_not_write(tmp_path: Path) -> 
     with pytest.raises(DatasetLayoutError, match="not written by reidray"):
         generate(tmp_path, **SMALL)
     assert (tmp_path / "reidray-synth" / "mine.txt").exists()
+
+
+def test_too_small_a_request_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ReidrayError, match="n_cams >= 2"):
+        generate(tmp_path, n_ids=4, n_cams=1)
+    assert not list(tmp_path.iterdir())
 
 
 def test_rendering_is_deterministic_and_varied() -> None:

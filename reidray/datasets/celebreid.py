@@ -25,7 +25,6 @@ from reidray.errors import DatasetLayoutError
 
 NAME = "celebreid"
 PATTERN = re.compile(r"^(-?\d+)_(\d+)_")
-FOLDERS = {"query": ("query",), "gallery": ("gallery",), "train": ("train",)}
 
 
 def looks_like(folder: Path) -> bool:
@@ -46,10 +45,11 @@ def parse_name(path: Path) -> tuple[int, int]:
 def parse(dataset_dir: Path) -> pa.Table:
     """The manifest of a Celeb-reID (or Celeb-reID-light) folder."""
     rows = manifest.Rows(dataset_dir)
-    for split in ("query", "gallery", "train"):
-        folder = layout.child(dataset_dir, split, kind="dir")
-        if folder is None and split != "train":
-            layout.require(dataset_dir, split, dataset=NAME)
+    for split in ("query", "gallery", "train"):  # train is optional
+        if split == "train":
+            folder = layout.child(dataset_dir, split, kind="dir")
+        else:
+            folder = layout.require(dataset_dir, split, dataset=NAME)
         for path in layout.images(folder) if folder else []:
             pid, y = parse_name(path)
             rows.add(path, pid, y, split, is_junk=pid == -1)

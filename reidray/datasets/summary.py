@@ -29,7 +29,8 @@ def split_counts(table: pa.Table, split: str) -> dict[str, int]:
 def summarize(root: str | Path) -> list[dict]:
     """One row per (dataset found under `root`, split): measured counts, official counts and a
     `mismatch` text (empty when they agree). A dataset that fails to parse gives one row
-    with its `error` and split None; nothing else is read from it."""
+    with its `error` and split None; nothing else is read from it. Parsing is the real parse:
+    CUHK03's original release gets its images extracted on the first call."""
     rows = []
     for name, folder in discover(root).items():
         spec = get(name)

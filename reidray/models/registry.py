@@ -180,10 +180,10 @@ _SPECS: list[ModelSpec] = [
     ),
     _spec(
         name="handcrafted", paradigm="hand-crafted", params_m=0.0, input_size=(128, 64),
-        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=714, normalize=True,
+        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=774, normalize=True,
         metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
         family="handcrafted", library="reidray", arch="colour + texture stripe histograms",
-        embedding="Hellinger-mapped hue/saturation/brightness, gradient and SILTP histograms over 6 stripes",
+        embedding="Hellinger-mapped colour (hue; saturation x brightness), gradient and SILTP histograms over 6 stripes",
     ),
     _spec(
         name="random", paradigm="control", params_m=0.0, input_size=(128, 64),

@@ -33,8 +33,6 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(default=16, gt=0)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
     num_gpus: float | None = Field(default=None, ge=0, description="per encoder replica; default: 1 if the cluster has GPUs")
-    encoder_replicas: int = Field(default=1, gt=0)
-    ingress_replicas: int = Field(default=1, gt=0)
 
 
 def parse_settings(args: dict) -> ServeSettings:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from reidray.datasets.synth.world import World
-from reidray.errors import DatasetLayoutError, UnknownNameError
+from reidray.errors import DatasetLayoutError, ReidrayError, UnknownNameError
 
 FOLDER = "reidray-synth"
 MARKER = ".reidray-synth.json"
@@ -26,7 +26,8 @@ VERSION = 2  # bump when the drawing or a layout changes, so old folders are reg
 
 
 def _writers() -> dict:
-    """layout name -> (folder name, writer); each writer lives beside its dataset's parser."""
+    """layout name -> (folder name, writer); each writer lives beside its dataset's parser
+    (imported here, not at the top: those modules import this package's world and plan)."""
     from functools import partial
 
     from reidray.datasets import celebreid, cuhk03, dukemtmcreid, grid, iust, last, market1501, msmt17, pku
@@ -51,17 +52,26 @@ def layouts() -> list[str]:
     return sorted(_writers())
 
 
+def _writer(layout: str) -> tuple:
+    writers = _writers()
+    if layout not in writers:
+        raise UnknownNameError("synthetic layout", layout, list(writers))
+    return writers[layout]
+
+
 def write_layout(
     dest: Path, layout: str, *, n_ids: int, n_cams: int, n_train_ids: int, seed: int
 ) -> list[dict]:
     """Write `layout` into the folder `dest` and return what was written, one dict per image
     (image_id, pid, camid, split, is_junk, is_distractor and any layout-specific keys)."""
-    writers = _writers()
-    if layout not in writers:
-        raise UnknownNameError("synthetic layout", layout, list(writers))
+    write = _writer(layout)[1]
+    if n_ids < 2 or n_cams < 2 or n_train_ids < 0:
+        raise ReidrayError(
+            f"synthetic dataset: need n_ids >= 2, n_cams >= 2 and n_train_ids >= 0 (got {n_ids}, {n_cams}, {n_train_ids})"
+        )
     world = World(n_train_ids + n_ids, n_cams, seed)
-    rng = np.random.default_rng([seed, 99])
-    return writers[layout][1](Path(dest), world, rng, n_ids=n_ids, n_train_ids=n_train_ids)
+    rng = np.random.default_rng([seed, 99])  # the writer's own choices, apart from the drawing
+    return write(Path(dest), world, rng, n_ids=n_ids, n_train_ids=n_train_ids)
 
 
 def generate(
@@ -76,16 +86,14 @@ def generate(
     """Write (or reuse) a synthetic dataset under `root` and return its folder.
 
     `n_ids` test identities (query + gallery) and `n_train_ids` (default n_ids // 2) disjoint
-    train identities, seen by `n_cams` cameras. The default (100 ids, 6 cameras) is ~1.7k images.
+    train identities, seen by `n_cams` cameras. The default (100 + 50 ids, 6 cameras) is
+    ~1.5k images, written in a few seconds.
     """
     n_train_ids = n_ids // 2 if n_train_ids is None else n_train_ids
-    writers = _writers()
-    if layout not in writers:
-        raise UnknownNameError("synthetic layout", layout, list(writers))
     params = {"version": VERSION, "layout": layout, "n_ids": n_ids, "n_cams": n_cams,
               "n_train_ids": n_train_ids, "seed": seed}
     root = Path(root)
-    dest = root / writers[layout][0]
+    dest = root / _writer(layout)[0]
     if _complete(dest, params):
         return dest
     if dest.exists() and not (dest / MARKER).exists():

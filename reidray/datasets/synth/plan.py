@@ -55,8 +55,6 @@ def market_like(
     n_ids are test; `junk` and `distractors` are fractions of the gallery size; the last
     `gallery_only` test identities are seen by one camera and never queried (DukeMTMC-reID's
     distractor identities)."""
-    if n_cams < 2:
-        raise ValueError("a ReID dataset needs at least 2 cameras")
     label = pids(n_train_ids + n_ids, rng)
     shots: list[Shot] = []
     counter = 0

@@ -1,0 +1,344 @@
+"""The Ray Serve application: ``reidray.serve.app:build_app`` (the import path config files use).
+
+Two deployments. ``Gateway``, the FastAPI ingress, checks each request (token, size, names,
+image), decodes and resizes the image on the CPU exactly as the embed stage does, keeps the
+galleries' faiss indexes, and asks ``Embedder`` (the encoders, on GPUs where present) for
+embeddings. Endpoints::
+
+    GET  /healthz        liveness, open without a token
+    GET  /models         the models served here (and which have a text tower)
+    GET  /galleries      the stored, complete (model, dataset) cells
+    POST /embed          ?model=          body: the image's bytes       -> its embedding
+    POST /search         ?model=&gallery=&k=   body: the image's bytes  -> top-k gallery images
+    POST /search/text    {"model", "gallery", "text", "k"}             -> top-k gallery images
+
+Images travel as the raw request body (``curl --data-binary @q.jpg -H 'Content-Type:
+image/jpeg'``): no multipart parser, and the size limit applies to the image itself. Statuses:
+400 a body that is not an image, 401 no or wrong token, 404 an unknown model or gallery (the
+message lists the valid names), 409 a gallery embedded with other weights than those served,
+413 a body or image past the limits, 415 a body declared as something other than an image,
+422 bad parameters (or text for a model with no text tower), 503 a model that cannot be loaded.
+A failed request fails alone: nothing a client sends can take a replica down.
+
+No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at run
+time, from a copy of this module's globals that Serve pickles with the class.
+"""
+
+import asyncio
+import io
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from reidray.errors import (
+    CellError,
+    ImageDecodeError,
+    ReidrayError,
+    UnknownNameError,
+    WeightsNotFoundError,
+)
+from reidray.models import MODELS, ModelSpec, weights_status
+from reidray.models.text import NoTextTowerError, has_text_tower, text_models
+from reidray.serve.embedder import TEXT_PREFIX, Embedder, ImageItem, ModelLoadError
+from reidray.serve.galleries import Galleries, GalleryMismatchError, UnknownGalleryError, list_galleries
+from reidray.serve.guard import Guard, Policy
+from reidray.serve.settings import ServeSettings, check_exposure, parse_settings, resolve_token
+from reidray.store import Store
+
+APP_NAME = "reidray"
+MAX_K = 100
+MAX_TEXT_CHARS = 1000
+IMAGE_BODY = {"requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string",
+                                                                                  "format": "binary"}}}}}
+log = logging.getLogger("ray.serve")
+
+
+class ImageTooLargeError(ReidrayError):
+    """An image whose pixel count is past the limit (checked from its header, before decoding)."""
+
+
+class UnservedModelError(ReidrayError):
+    """A model name that is not registered, or whose weights are not on this server."""
+
+
+class NotAnImageError(ReidrayError):
+    """A body declared as something other than an image."""
+
+
+class ParameterError(ReidrayError):
+    """A parameter the route's schema cannot express (e.g. a camera id a model needs)."""
+
+
+STATUS: list[tuple[type[Exception], int]] = [
+    (UnservedModelError, 404), (UnknownNameError, 404), (UnknownGalleryError, 404),
+    (NoTextTowerError, 422), (ParameterError, 422), (ImageDecodeError, 400), (ImageTooLargeError, 413),
+    (NotAnImageError, 415), (GalleryMismatchError, 409), (WeightsNotFoundError, 503), (ModelLoadError, 503),
+    (CellError, 500),
+]
+
+
+class Hit(BaseModel):
+    rank: int
+    image_id: str
+    pid: int
+    camid: int
+    score: float = Field(description="higher is closer: cosine similarity, or minus the Euclidean distance")
+
+
+class SearchResponse(BaseModel):
+    model: str
+    gallery: str
+    metric: str
+    random_init: bool = Field(description="random weights: the ranking means nothing (tests only)")
+    gallery_size: int
+    results: list[Hit]
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    metric: str
+    normalized: bool
+    random_init: bool
+    embedding: list[float]
+
+
+class TextQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    gallery: str
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+app = FastAPI(title="reidray", summary="Person re-identification: embeddings and gallery search")
+app.add_middleware(Guard)
+
+
+def _status(exc: ReidrayError) -> int:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+@app.exception_handler(ReidrayError)
+async def _reidray_error(request: Request, exc: ReidrayError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=_status(exc))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("reidray: request %s %s failed", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the request was not served, "
+                                   "the service keeps running"}, status_code=500)
+
+
+def _reidray_cause(exc: BaseException) -> ReidrayError | None:
+    """The reidray error a Ray failure wraps, if any (Ray chains user exceptions as causes)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ReidrayError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def decode_resize(data: bytes, spec: ModelSpec, max_pixels: int) -> np.ndarray:
+    """The embed stage's CPU step on uploaded bytes: decode (as ``decode.read_image``), then ``resize``.
+
+    The pixel count is read from the header before decoding, so a small file that would expand
+    to gigabytes is refused without allocating them.
+    """
+    from PIL import Image
+
+    from reidray.models.preprocess import resize
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"image of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels; send a smaller crop"
+            )
+        image.load()
+        image = image.convert("RGB")
+    except ImageTooLargeError:
+        raise
+    except Exception as exc:  # any decoder failure is the body's fault, never the service's
+        raise ImageDecodeError(
+            f"the request body is not an image that decodes ({type(exc).__name__}: {exc}); "
+            "send the bytes of a JPEG, PNG, BMP or WebP file"
+        ) from None
+    return resize(image, spec)
+
+
+async def _unwrap(response) -> Any:
+    """Await a deployment call; a reidray error raised in the replica comes back as itself."""
+    try:
+        return await response
+    except Exception as exc:
+        cause = _reidray_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _http_host() -> str:
+    """The host Serve's proxies listen on; unknown counts as exposed (the token rule fails closed)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return str(_get_global_client().http_config.host)
+    except Exception:
+        return "0.0.0.0"
+
+
+def _unavailable_models(settings: ServeSettings) -> dict[str, str]:
+    """Registered models whose weights are not on this server, with the reason (random init needs none)."""
+    if settings.random_init:
+        return {}
+    missing = {}
+    for name, spec in MODELS.items():
+        if spec.needs_weights:
+            available, where = weights_status(name, settings.weights.get(name))
+            if not available:
+                missing[name] = where
+    return missing
+
+
+@serve.deployment(name="Gateway", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(app)
+class Gateway:
+    """The HTTP API: validation, decoding, galleries; embeddings come from ``Embedder``.
+
+    Serve pickles this class when it is decorated, with the module globals it uses as they are
+    then: everything it calls is defined above it.
+    """
+
+    def __init__(self, embedder: DeploymentHandle, settings: dict[str, Any]) -> None:
+        self.settings: ServeSettings = parse_settings(settings)
+        token = resolve_token(self.settings)
+        check_exposure(_http_host(), token)
+        self.embedder = embedder
+        self.store = Store.open(self.settings.out)
+        self.galleries = Galleries(self.store, max_kept=self.settings.max_galleries,
+                                   random_init=self.settings.random_init)
+        self.unavailable = _unavailable_models(self.settings)
+        app.state.policy = Policy(token=token, max_upload_bytes=self.settings.max_upload_bytes)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _spec(self, model: str) -> ModelSpec:
+        served = [m for m in MODELS if m not in self.unavailable]
+        if model not in MODELS:
+            raise UnservedModelError(f"unknown model {model!r}; models served here: {', '.join(served)}")
+        if model in self.unavailable:
+            raise UnservedModelError(f"model {model!r} is not available on this server ({self.unavailable[model]}); "
+                                     f"models served here: {', '.join(served)}")
+        return MODELS[model]
+
+    def _random_init(self, spec: ModelSpec) -> bool:
+        return self.settings.random_init and spec.needs_weights
+
+    async def _embed_image(self, request: Request, spec: ModelSpec, camid: int | None) -> np.ndarray:
+        if spec.uses_camera and camid is None:
+            raise ParameterError(f"model {spec.name} uses the camera id (side information): pass camid=<int>")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
+            raise NotAnImageError(
+                f"Content-Type {kind} is not an image; send the image's bytes as the body with Content-Type "
+                "image/jpeg, image/png (or application/octet-stream)"
+            )
+        body = await request.body()
+        if not body:
+            raise ImageDecodeError("the request body is empty; send the bytes of an image")
+        pixels = await asyncio.to_thread(decode_resize, body, spec, self.settings.max_image_pixels)
+        handle = self.embedder.options(multiplexed_model_id=spec.name)
+        return await _unwrap(handle.embed_images.remote(ImageItem(pixels, camid)))
+
+    async def _search(self, spec: ModelSpec, gallery: str, vector: np.ndarray, k: int) -> SearchResponse:
+        index = await self.galleries.index(spec.name, gallery)
+        hits = await asyncio.to_thread(index.search, vector, k)
+        return SearchResponse(model=spec.name, gallery=gallery, metric=index.metric,
+                              random_init=self._random_init(spec), gallery_size=index.size,
+                              results=[Hit(**h) for h in hits])
+
+    # --- routes -----------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/models")
+    async def models(self) -> dict[str, Any]:
+        rows = [
+            {"name": spec.name, "paradigm": spec.paradigm, "dim": spec.dim, "metric": spec.metric,
+             "input_size": list(spec.input_size), "uses_camera": spec.uses_camera, "text": has_text_tower(spec),
+             "random_init": self._random_init(spec)}
+            for spec in MODELS.values() if spec.name not in self.unavailable
+        ]
+        return {"models": rows, "text_models": [m for m in text_models() if m not in self.unavailable],
+                "unavailable": self.unavailable}
+
+    @app.get("/galleries")
+    async def list_(self) -> dict[str, Any]:
+        rows = await asyncio.to_thread(list_galleries, self.store)
+        for row in rows:
+            spec = MODELS.get(row["model"])
+            row["metric"] = spec.metric if spec else None
+            row["searchable"] = spec is not None and spec.name not in self.unavailable
+        return {"galleries": rows}
+
+    @app.post("/embed", openapi_extra=IMAGE_BODY)
+    async def embed(self, request: Request, model: str = Query(...), camid: int | None = Query(None)) -> EmbedResponse:
+        spec = self._spec(model)
+        vector = await self._embed_image(request, spec, camid)
+        return EmbedResponse(model=model, dim=int(vector.shape[0]), metric=spec.metric, normalized=spec.normalize,
+                             random_init=self._random_init(spec), embedding=vector.tolist())
+
+    @app.post("/search", openapi_extra=IMAGE_BODY)
+    async def search(self, request: Request, model: str = Query(...), gallery: str = Query(...),
+                     k: int = Query(10, ge=1, le=MAX_K), camid: int | None = Query(None)) -> SearchResponse:
+        spec = self._spec(model)
+        await self.galleries.index(model, gallery)  # an unknown gallery fails before any embedding work
+        vector = await self._embed_image(request, spec, camid)
+        return await self._search(spec, gallery, vector, k)
+
+    @app.post("/search/text")
+    async def search_text(self, query: TextQuery) -> SearchResponse:
+        spec = self._spec(query.model)
+        if not has_text_tower(spec):
+            raise NoTextTowerError(f"model {spec.name} has no text tower; text queries work with: "
+                                   f"{', '.join(m for m in text_models() if m not in self.unavailable)}")
+        await self.galleries.index(spec.name, query.gallery)
+        handle = self.embedder.options(multiplexed_model_id=TEXT_PREFIX + spec.name)
+        vector = await _unwrap(handle.embed_texts.remote(query.text))
+        return await self._search(spec, query.gallery, vector, query.k)
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The bound application from Serve app args (see ``ServeSettings``).
+
+    Replica counts and autoscaling are Serve's own deployment options (``deployments:`` in the
+    config file), not reidray's.
+    """
+    settings = parse_settings(args)
+    num_gpus = settings.num_gpus if settings.num_gpus is not None else _cluster_gpus()
+    embedder = Embedder.options(ray_actor_options={"num_cpus": 1, "num_gpus": num_gpus}).bind(
+        random_init=settings.random_init, weights=settings.weights,
+        max_models_per_replica=settings.max_models_per_replica, max_batch_size=settings.max_batch_size,
+        batch_wait_timeout_s=settings.batch_wait_timeout_s,
+    )
+    return Gateway.bind(embedder, settings.model_dump())

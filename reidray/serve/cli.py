@@ -1,0 +1,65 @@
+"""``python -m reidray.run serve``: start Ray (or join a cluster), run the Serve app, block until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from reidray.errors import ReidrayError
+from reidray.serve.settings import MB, TOKEN_ENV, check_exposure
+
+
+def serve_command(
+    out: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    *,
+    address: str | None = None,
+    random_init: bool = False,
+    weights: dict[str, str] | None = None,
+    max_upload_mb: float = 10.0,
+    max_models: int = 3,
+    num_gpus: float | None = None,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Serve the encoders and the galleries stored under ``out`` on ``host:port`` until interrupted.
+
+    Refuses, before starting anything, to listen beyond loopback without a token (``token`` or
+    $REIDRAY_SERVE_TOKEN). Serve's HTTP options are cluster-wide: on a cluster where Serve already
+    runs, the existing host and port stay in force.
+    """
+    from ray import serve
+
+    from reidray import flow
+    from reidray.serve.app import APP_NAME, build_app
+    from reidray.store import Store
+
+    token = token or os.environ.get(TOKEN_ENV) or None
+    check_exposure(host, token)
+    store = Store.open(out)
+    root = store.root if "://" in store.root else store.base  # replicas do not share our working directory
+    args = {
+        "out": root, "token": token, "random_init": random_init, "weights": {k: str(Path(v).expanduser().resolve())
+                                                                              for k, v in (weights or {}).items()},
+        "max_upload_bytes": int(max_upload_mb * MB), "max_models_per_replica": max_models, "num_gpus": num_gpus,
+    }
+    flow.connect(address)  # before build_app, which looks for GPUs in the cluster
+    application = build_app(args)
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        serve.run(application, name=APP_NAME, route_prefix="/")
+    except Exception as exc:
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise ReidrayError(f"the Serve application did not start: {last}") from exc
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    say(f"reidray serving {root} at {url} ({'token required' if token else 'no token: loopback only'}); "
+        "GET /healthz /models /galleries, POST /embed /search /search/text; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("stopping")
+        serve.shutdown()

@@ -1,0 +1,140 @@
+"""The embed stage through a real Ray instance: resume, crash recovery, a killed encoder actor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+
+from reidray.config import EmbedSettings
+from reidray.datasets import load
+from reidray.datasets.synth import generate
+from reidray.embed.pipeline import embed_cell
+from reidray.embed.progress import progress_line, tracker_name
+from reidray.store import Store
+
+DATASET = "reidray-synth"
+MODEL = "handcrafted"
+SMALL_BATCHES = EmbedSettings(batch_size=32, decode_batch_size=32, progress_seconds=0.5)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, pa.Table]:
+    root = tmp_path_factory.mktemp("data")
+    generate(root)
+    return root, load(DATASET, root)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, data, tmp_path_factory) -> dict[str, np.ndarray]:
+    """Embeddings of an undisturbed run, keyed by image id."""
+    store = Store.open(str(tmp_path_factory.mktemp("ref")))
+    embed_cell(store, MODEL, DATASET, data[1], say=lambda _: None)
+    return _by_id(store.read_cell(MODEL, DATASET))
+
+
+def _by_id(table: pa.Table) -> dict[str, np.ndarray]:
+    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    return dict(zip(table.column("image_id").to_pylist(), vectors))
+
+
+def _assert_exact(store: Store, manifest: pa.Table, reference: dict[str, np.ndarray]) -> None:
+    table = store.read_cell(MODEL, DATASET)
+    ids = table.column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == manifest.num_rows
+    assert set(ids) == set(manifest.column("image_id").to_pylist())
+    got = _by_id(table)
+    assert all(np.array_equal(got[k], reference[k]) for k in reference)
+
+
+def test_complete_cell_is_skipped_and_a_half_written_one_redone(ray_session, data, reference, tmp_path):
+    store = Store.open(str(tmp_path))
+    manifest = data[1]
+    first = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
+    assert not first.skipped
+    again = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
+    assert again.skipped and again.fingerprint == first.fingerprint
+    # A crash after some part files but before the marker: stale parts plus a junk file.
+    cell_dir = Path(store.cell_dir(MODEL, DATASET))
+    (cell_dir / "cell.json").unlink()
+    part = next(cell_dir.glob("*.parquet"))
+    (cell_dir / "extra-stale.parquet").write_bytes(part.read_bytes())
+    redone = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
+    assert not redone.skipped
+    _assert_exact(store, manifest, reference)
+
+
+def test_a_changed_manifest_invalidates_the_cell(ray_session, data, tmp_path):
+    store = Store.open(str(tmp_path))
+    manifest = data[1]
+    embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
+    smaller = manifest.slice(0, manifest.num_rows - 5)
+    cell = embed_cell(store, MODEL, DATASET, smaller, say=lambda _: None)
+    assert not cell.skipped and cell.n_images == smaller.num_rows
+
+
+def test_a_killed_encoder_actor_loses_and_duplicates_nothing(ray_session, data, reference, tmp_path):
+    store = Store.open(str(tmp_path))
+    manifest = data[1]
+    lines: list[str] = []
+    result: dict = {}
+    worker = threading.Thread(
+        target=lambda: result.update(cell=embed_cell(store, MODEL, DATASET, manifest, settings=SMALL_BATCHES,
+                                                     say=lines.append))
+    )
+    worker.start()
+    tracker, killed = None, 0
+    deadline = time.monotonic() + 120
+    while worker.is_alive() and time.monotonic() < deadline and not killed:
+        try:
+            tracker = tracker or ray.get_actor(tracker_name(MODEL, DATASET))
+            done = ray.get(tracker.count.remote())
+            actors = ray.get(tracker.encoder_actors.remote())
+        except ValueError:  # the tracker is not up yet
+            time.sleep(0.1)
+            continue
+        if actors and 0 < done < manifest.num_rows // 2:
+            ray.kill(actors[0], no_restart=False)  # mid-cell, while batches are in flight
+            killed += 1
+        time.sleep(0.05)
+    worker.join(timeout=300)
+    assert killed == 1, "the actor was never caught mid-cell"
+    assert "cell" in result, lines
+    _assert_exact(store, manifest, reference)
+
+
+def test_a_killed_driver_resumes_on_rerun(ray_session, data, reference, tmp_path):
+    root, manifest = data
+    out = tmp_path / "out"
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "reidray.run", "embed", "--data-root", str(root), "--out", str(out),
+           "-m", MODEL, "-d", DATASET, "--address", address]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
+    cell_dir = out / "embeddings" / MODEL / DATASET
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None and not cell_dir.is_dir():
+        time.sleep(0.1)
+    driver.kill()  # SIGKILL: no cleanup, no marker
+    driver.wait()
+    assert not (cell_dir / "cell.json").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (cell_dir / "cell.json").is_file()
+    _assert_exact(Store.open(str(out)), manifest, reference)
+
+
+def test_progress_line_reads_like_a_person_wrote_it():
+    assert progress_line("embed m/d", 1200, 12936, 4.0) == (
+        "embed m/d: 1,200/12,936 images (9%), 300 images/s, about 39 s left"
+    )
+    assert progress_line("embed m/d", 13000, 12936, 10.0).startswith("embed m/d: 12,936/12,936 images (100%)")

@@ -2,8 +2,9 @@
 
 `ray start --head` on loopback, `ray job submit --working-dir . -- python -m reidray.run all --job
 jobs/quick.yaml`, results on disk, the head stopped. The head is this test's alone: its own ports,
-its own temp dir, stopped by signalling its own processes. `ray stop` would also kill the test
-session's Ray instance (tests/conftest.py) and anyone else's on the machine, so it is never used.
+its own temp dir, stopped by signalling its own processes (found through /proc: Linux, as CI).
+`ray stop` would also kill the test session's Ray instance (tests/conftest.py) and anyone else's
+on the machine, so it is never used.
 
 Also here: every job file in jobs/ validates, and the paper grid is the study's 11 x 9.
 """
@@ -77,7 +78,7 @@ class LocalHead:
         ]
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 120) -> None:
         # --block keeps `ray start` in the foreground as the parent of the head's processes; on
         # SIGTERM it stops exactly those. Its own session keeps our signals away from pytest.
         with open(self.log, "wb") as log:
@@ -87,12 +88,15 @@ class LocalHead:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"ray start exited {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            # The job API lives in a dashboard module process that comes up after the dashboard
+            # itself answers: wait until it lists jobs, or the submission can be dropped.
             try:
-                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as answer:
-                    if json.load(answer).get("ray_version"):
+                with urllib.request.urlopen(f"{self.address}/api/jobs/", timeout=5) as answer:
+                    if isinstance(json.load(answer), list):
                         return
-            except OSError:
-                time.sleep(1)
+            except (OSError, ValueError):  # not listening yet, or not answering JSON yet
+                pass
+            time.sleep(1)
         raise AssertionError(f"the head's dashboard did not answer in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
 
     def ours(self) -> set[tuple[int, int]]:
@@ -128,20 +132,26 @@ class LocalHead:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
-        for pid, _ in (before & self.alive(before)) | self.ours():  # whatever the graceful stop left
+        left = self.alive(before) | self.ours()  # whatever the graceful stop left behind
+        for pid, _ in left:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + 10
+        while self.alive(left) and time.monotonic() < deadline:
+            time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     @staticmethod
     def alive(processes: set[tuple[int, int]]) -> set[tuple[int, int]]:
-        """Those still running as the same process (same start time: a reused pid is not ours)."""
+        """Those still running as the same process (same start time: a reused pid is not ours;
+        a zombie has exited and only waits for its parent to collect it)."""
         still = set()
         for pid, start in processes:
             try:
-                if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) == start:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] != "Z" and int(fields[19]) == start:
                     still.add((pid, start))
             except (OSError, IndexError, ValueError):
                 continue
@@ -149,8 +159,7 @@ class LocalHead:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="process bookkeeping reads /proc (Linux)")
+@pytest.mark.timeout(480)  # the bounds below: head 120 s, job 240 s, stop 55 s
 def test_ray_job_submit_to_a_real_head_runs_the_quick_grid(tmp_path):
     out = tmp_path / "out"  # absolute: the driver runs in Ray's copy of the working dir
     head = LocalHead()
@@ -186,7 +195,20 @@ def test_ray_job_submit_to_a_real_head_runs_the_quick_grid(tmp_path):
     finally:
         head.stop()
     assert head.process is not None and head.process.poll() is not None, "ray start is still running"
-    assert not head.alive(processes) and not head.ours(), "processes of the test's head survived its stop"
+    survivors = head.alive(processes) | head.ours()
+    assert not survivors, f"processes of the test's head survived its stop: {describe(survivors)}"
+
+
+def describe(processes: set[tuple[int, int]]) -> list[str]:
+    """Their pids and command lines, for a failure message."""
+    lines = []
+    for pid, _ in sorted(processes):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            lines.append(f"{pid}: {command[:200]}")
+        except OSError:
+            lines.append(f"{pid}: (gone)")
+    return lines
 
 
 # --- the job files ----------------------------------------------------------------------------------

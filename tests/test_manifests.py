@@ -22,6 +22,7 @@ import yaml
 from reidray.config import load_job
 from reidray.errors import ReidrayError
 from reidray.models.weights import ENV_DIR as WEIGHTS_ENV
+from reidray.serve.settings import TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {
@@ -32,6 +33,7 @@ FILES = {
 DOCS = ROOT / "docs" / "cluster.md"
 DOCKERFILE = ROOT / "cluster" / "Dockerfile"
 SERVE_IMPORT_PATH = "reidray.serve.app:build_app"
+SERVE_CONFIG = ROOT / "reidray" / "serve" / "serve_config.yaml"  # the app's own config file
 GPU = "nvidia.com/gpu"
 
 # --- a minimal schema from the v1.7 CRDs ------------------------------------------------------
@@ -301,9 +303,12 @@ def problems(doc: Any) -> list[str]:
         for container in group["template"]["spec"]["containers"]:
             if data_root not in [m["mountPath"] for m in container.get("volumeMounts", [])]:
                 found.append(f"container {container['name']} does not mount the data root {data_root}")
-            env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
-            if not env.get(WEIGHTS_ENV, "").startswith(f"{data_root}/"):
+            env = {e["name"]: e for e in container.get("env", [])}
+            if not env.get(WEIGHTS_ENV, {}).get("value", "").startswith(f"{data_root}/"):
                 found.append(f"container {container['name']} must set {WEIGHTS_ENV} to a folder under {data_root}")
+            # Serve listens beyond loopback only with a token; it comes from a Secret, never a literal.
+            if "secretKeyRef" not in env.get(TOKEN_ENV, {}).get("valueFrom", {}):
+                found.append(f"container {container['name']} must take {TOKEN_ENV} from a Secret")
     if kind == "RayJob":
         found += entrypoint_problems(doc["spec"]["entrypoint"])
         if "runtimeEnvYAML" in doc["spec"] and not isinstance(yaml.safe_load(doc["spec"]["runtimeEnvYAML"]), dict):
@@ -329,7 +334,10 @@ def entrypoint_problems(entrypoint: str) -> list[str]:
 
 
 def serve_config_problems(text: str) -> list[str]:
+    """Ray Serve's schema, the app's own args schema, and the deployments the app defines."""
     from ray.serve.schema import ServeDeploySchema
+
+    from reidray.serve.settings import parse_settings
 
     try:
         config = ServeDeploySchema.model_validate(yaml.safe_load(text))
@@ -338,7 +346,23 @@ def serve_config_problems(text: str) -> list[str]:
     paths = [app.import_path for app in config.applications]
     if paths != [SERVE_IMPORT_PATH]:
         return [f"serveConfigV2 must run one application, {SERVE_IMPORT_PATH}; found {paths}"]
-    return []
+    app = config.applications[0]
+    try:
+        settings = parse_settings(app.args)
+    except ReidrayError as exc:
+        return [str(exc)]
+    found = []
+    if not re.match(r"^(s3|gs)://", settings.out):
+        found.append("the service's out must be the bucket the RayJob writes to (s3:// or gs://)")
+    if settings.num_gpus is None:
+        found.append("num_gpus must be explicit: at deploy time a cluster scaled to zero shows no GPU")
+    if settings.token is not None:
+        found.append(f"a token in the manifest leaks it: use the Secret behind {TOKEN_ENV}")
+    known = {d["name"] for d in yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0].get("deployments", [])}
+    unknown = {d.name for d in app.deployments} - known
+    if unknown:
+        found.append(f"serveConfigV2 configures deployments the app does not have: {sorted(unknown)}")
+    return found
 
 
 def keys(path: str) -> list[str | int]:
@@ -385,6 +409,12 @@ def test_the_job_and_the_service_run_the_same_cluster_as_the_raycluster():
     assert load("RayService")["spec"]["rayClusterConfig"] == cluster
 
 
+def test_the_service_serves_the_embeddings_the_job_writes():
+    argv = shlex.split(load("RayJob")["spec"]["entrypoint"])
+    config = yaml.safe_load(load("RayService")["spec"]["serveConfigV2"])
+    assert config["applications"][0]["args"]["out"] == argv[argv.index("--out") + 1]
+
+
 def test_gpu_workers_can_hold_every_encoder_actor_the_paper_grid_asks_for():
     pool_max = load_job(ROOT / "jobs" / "paper.yaml").embed.concurrency[1]
     spec = load("RayCluster")["spec"]
@@ -403,6 +433,7 @@ CLUSTER_PATHS = [
     "spec.headGroupSpec.template.spec.containers.0.workingDir",
     "spec.workerGroupSpecs.0.template.spec.containers.0.volumeMounts",
     "spec.workerGroupSpecs.0.template.spec.containers.0.env",
+    "spec.workerGroupSpecs.0.template.spec.containers.0.env.1",
 ]
 REMOVALS = (
     [("RayCluster", p) for p in CLUSTER_PATHS]
@@ -437,6 +468,12 @@ BREAKAGES = [
     ("RayService", "spec.serveConfigV2", {"applications": []}),
     ("RayService", "spec.serveConfigV2", "applications:\n  - name: reidray\n    route_prefix: /\n"),
     ("RayService", "spec.serveConfigV2", "applications:\n  - name: reidray\n    import_path: reidray.serve:app\n"),
+    ("RayService", "spec.serveConfigV2", "applications:\n  - name: reidray\n    import_path: reidray.serve.app:build_app\n    args: {out: s3://b/p, num_gpus: 1, nope: 1}\n"),
+    ("RayService", "spec.serveConfigV2", "applications:\n  - name: reidray\n    import_path: reidray.serve.app:build_app\n    args: {out: /data/reid/out, num_gpus: 1}\n"),
+    ("RayService", "spec.serveConfigV2", "applications:\n  - name: reidray\n    import_path: reidray.serve.app:build_app\n    args: {out: s3://b/p}\n"),
+    ("RayService", "spec.serveConfigV2", "applications:\n  - name: reidray\n    import_path: reidray.serve.app:build_app\n    args: {out: s3://b/p, num_gpus: 1, token: hunter2}\n"),
+    ("RayService", "spec.serveConfigV2", "applications:\n  - name: reidray\n    import_path: reidray.serve.app:build_app\n    args: {out: s3://b/p, num_gpus: 1}\n    deployments: [{name: Encoder}]\n"),
+    ("RayCluster", "spec.headGroupSpec.template.spec.containers.0.env.1", {"name": TOKEN_ENV, "value": "hunter2"}),
 ]
 
 

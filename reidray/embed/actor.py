@@ -35,21 +35,27 @@ class EncoderActor:
         if tracker is not None:
             tracker.register.remote(ray.get_runtime_context().current_actor)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def embed(self, pixels, camids=None):
+        """uint8 [N, H, W, 3] on the device -> float32 [N, dim]: normalise, then the encoder, in
+        the actor's precision. The benchmark times exactly this as the forward-only ceiling."""
         from reidray.models.preprocess import normalize
 
         torch = self.torch
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device, non_blocking=True)
-        camids = None
-        if self.spec.uses_camera:
-            camids = torch.from_numpy(np.asarray(batch["camid"], dtype=np.int64)).to(self.device)
         autocast = (
             torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            vectors = self.encoder(normalize(pixels, self.spec), camids).float().cpu().numpy()
+            return self.encoder(normalize(pixels, self.spec), camids).float()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        torch = self.torch
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device, non_blocking=True)
+        camids = None
+        if self.spec.uses_camera:
+            camids = torch.from_numpy(np.asarray(batch["camid"], dtype=np.int64)).to(self.device)
+        vectors = self.embed(pixels, camids).cpu().numpy()
         columns = {k: pa.array(np.asarray(batch[k])) for k in PASSTHROUGH}
         if self.tracker is not None:
             self.tracker.add.remote(len(vectors))

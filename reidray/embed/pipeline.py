@@ -177,6 +177,7 @@ def embed_cell(
     try:
         watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive(), say, settings.progress_seconds)
         writer.join()
+        steady = ray.get(tracker.steady_rate.remote())
     finally:
         ray.kill(tracker)
     if failure:  # Ray wraps the worker's exception; surface ours with the cell named
@@ -198,6 +199,7 @@ def embed_cell(
             "n_images": written.num_rows,
             "dim": dim,
             "embed_seconds": seconds,
+            "steady_images_per_second": steady,
             "device": res.device,
             "precision": res.precision,
             "created_at": datetime.now(timezone.utc).isoformat(),

@@ -20,9 +20,20 @@ class ProgressTracker:
     def __init__(self) -> None:
         self.done = 0
         self.actors: list = []
+        self.first: tuple[float, int] | None = None  # (when, how many) for the first batch
+        self.last = 0.0
 
     def add(self, n: int) -> None:
         self.done += n
+        self.last = time.monotonic()
+        if self.first is None:
+            self.first = (self.last, n)
+
+    def steady_rate(self) -> float | None:
+        """Images/s after the first batch: the pipeline's pace without model loading and warm-up."""
+        if self.first is None or self.last <= self.first[0]:
+            return None
+        return (self.done - self.first[1]) / (self.last - self.first[0])
 
     def register(self, actor) -> None:
         self.actors.append(actor)

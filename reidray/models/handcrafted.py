@@ -188,4 +188,6 @@ class HandcraftedEncoder(Encoder):
 
 def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> HandcraftedEncoder:
     """The baseline encoder (nothing to load)."""
+    if spec.dim != descriptor_dim():
+        raise ValueError(f"model {spec.name}: registry dim {spec.dim} != descriptor length {descriptor_dim()}")
     return HandcraftedEncoder(spec)

@@ -70,7 +70,7 @@ def _hub(repo: str) -> str:
 
 _SPECS: list[ModelSpec] = [
     _spec(
-        name="osnet-x1.0", paradigm="supervised", params_m=2.193, input_size=(256, 128),
+        name="osnet-x1.0", paradigm="supervised", params_m=2.170, input_size=(256, 128),
         interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD, dim=512,
         # torchreid's own test setting: raw features, euclidean distance
         normalize=False, metric="euclidean",
@@ -82,7 +82,7 @@ _SPECS: list[ModelSpec] = [
         paper_params_scope="backbone + a softmax classifier sized to the evaluated dataset's training ids",
     ),
     _spec(
-        name="clip-reid-vit-b16", paradigm="supervised", params_m=86.214, input_size=(256, 128),
+        name="clip-reid-vit-b16", paradigm="supervised", params_m=86.215, input_size=(256, 128),
         interpolation="bilinear", mean=HALF, std=HALF, dim=1280, normalize=True, metric="cosine",
         weights_id="MSMT17_clipreid_12x12sie_ViT-B-16_60.pth",
         needs_weights=True, uses_camera=True, batch_size=128, family="clipreid", library="open_clip",
@@ -120,7 +120,7 @@ _SPECS: list[ModelSpec] = [
         paper_name="CLIP-L-14", paper_params_m=428.0, paper_params_scope="whole CLIP model (image + text towers)",
     ),
     _spec(
-        name="siglip2-b16-256", paradigm="language-aligned", params_m=92.885, input_size=(256, 256),
+        name="siglip2-b16-256", paradigm="language-aligned", params_m=92.930, input_size=(256, 256),
         interpolation="bilinear", mean=HALF, std=HALF, dim=768, normalize=True, metric="cosine",
         weights_id="google/siglip2-base-patch16-256", weights_files=("config.json", "model.safetensors"),
         needs_weights=True, uses_camera=False, batch_size=256, family="hf", library="transformers",
@@ -130,7 +130,7 @@ _SPECS: list[ModelSpec] = [
         paper_params_scope="whole SigLIP model (image + text towers, 256k-token vocabulary)",
     ),
     _spec(
-        name="siglip2-b16-384", paradigm="language-aligned", params_m=93.131, input_size=(384, 384),
+        name="siglip2-b16-384", paradigm="language-aligned", params_m=93.176, input_size=(384, 384),
         interpolation="bilinear", mean=HALF, std=HALF, dim=768, normalize=True, metric="cosine",
         weights_id="google/siglip2-base-patch16-384", weights_files=("config.json", "model.safetensors"),
         needs_weights=True, uses_camera=False, batch_size=128, family="hf", library="transformers",
@@ -149,7 +149,7 @@ _SPECS: list[ModelSpec] = [
         paper_name="DINOv2-B14", paper_params_m=86.6, paper_params_scope="the backbone (Table 1 rounds it to 87M)",
     ),
     _spec(
-        name="dinov2-l14", paradigm="self-supervised", params_m=304.368, input_size=(224, 224),
+        name="dinov2-l14", paradigm="self-supervised", params_m=304.369, input_size=(224, 224),
         interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, dim=1024, normalize=True, metric="cosine",
         weights_id="facebook/dinov2-large", weights_files=("config.json", "model.safetensors"),
         needs_weights=True, uses_camera=False, batch_size=128, family="hf", library="transformers",
@@ -158,7 +158,7 @@ _SPECS: list[ModelSpec] = [
         paper_name="DINOv2-L14", paper_params_m=304.4, paper_params_scope="the backbone",
     ),
     _spec(
-        name="pe-core-l14-336", paradigm="self-supervised", params_m=317.3, input_size=(336, 336),
+        name="pe-core-l14-336", paradigm="language-aligned", params_m=317.152, input_size=(336, 336),
         interpolation="bilinear", mean=HALF, std=HALF, dim=1024, normalize=True, metric="cosine",
         weights_id="timm/PE-Core-L-14-336", weights_files=("open_clip_model.safetensors",),
         needs_weights=True, uses_camera=False, batch_size=64, family="openclip", library="open_clip",
@@ -167,7 +167,7 @@ _SPECS: list[ModelSpec] = [
         paper_name="PE-Core-L14", paper_params_m=671.1, paper_params_scope="whole CLIP model (image + text towers)",
     ),
     _spec(
-        name="pe-spatial-s16-512", paradigm="self-supervised", params_m=21.8, input_size=(512, 512),
+        name="pe-spatial-s16-512", paradigm="self-supervised", params_m=21.983, input_size=(512, 512),
         interpolation="bilinear", mean=HALF, std=HALF, dim=384,
         # a dense-feature model with no trained global embedding: the study's token mean, compared by angle
         normalize=False, metric="cosine",

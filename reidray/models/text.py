@@ -9,16 +9,19 @@ L2-normalised embeddings of ``spec.dim``.
 
 * CLIP (open_clip): the checkpoint holds both towers; the whole model is created from it with
   open_clip and the vision tower dropped. The BPE tokenizer ships with open_clip.
-* SigLIP2 (transformers): ``SiglipTextModel`` from the hub folder; its Gemma tokenizer files
-  (``tokenizer.json``, ``tokenizer_config.json``, ...) must sit in that folder or the hub cache.
-  Text is lowercased and padded to 64 tokens with no attention mask, as the model was trained.
+* SigLIP2 (transformers): ``SiglipTextModel`` from the hub folder, loaded strictly (only the
+  image tower's keys may go unused). Its Gemma tokenizer files (``tokenizer.json``,
+  ``tokenizer_config.json``, ...) are not among the registry's weights files: they must sit in
+  that folder, in ``$REIDRAY_WEIGHTS/<repo>/`` or in the hub cache. Text is lowercased and padded
+  to 64 tokens with no attention mask, as the model was trained.
 
-``random_init=True`` builds the architecture from a fixed seed (the same in every process, like
-``models.build``): for tests of the wiring only; its embeddings mean nothing.
+``random_init=True`` builds the published architecture from a fixed seed (the same in every
+process, like ``models.build``): for tests of the wiring only; its embeddings mean nothing.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +34,7 @@ from reidray.models.registry import MODELS, ModelSpec, get
 
 SIGLIP_MAX_TOKENS = 64
 SIGLIP_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "tokenizer.model")
+_SIGLIP_NOT_TEXT = ("vision_model.", "logit_scale", "logit_bias")  # checkpoint keys the text tower leaves
 
 
 class NoTextTowerError(ReidrayError):
@@ -80,7 +84,8 @@ class OpenClipText(TextEncoder):
         import open_clip
 
         super().__init__(spec, random_init=random_init)
-        model = open_clip.create_model(spec.arch, pretrained=None if path is None else str(path))
+        pretrained = None if path is None else str(path)
+        model = open_clip.create_model(spec.arch, pretrained=pretrained, require_pretrained=pretrained is not None)
         del model.visual  # the image side is the registry encoder's job; keep only what text needs
         self.model = model
         self._tokenizer = open_clip.get_tokenizer(spec.arch)
@@ -95,16 +100,17 @@ class OpenClipText(TextEncoder):
 class SiglipText(TextEncoder):
     """transformers' ``SiglipTextModel``: the pooled (head) output of the last token."""
 
-    def __init__(self, spec: ModelSpec, folder: Path, *, random_init: bool) -> None:
-        from transformers import AutoTokenizer, SiglipTextConfig, SiglipTextModel
+    def __init__(self, spec: ModelSpec, folder: Path | None, *, random_init: bool) -> None:
+        from transformers import AutoTokenizer, SiglipTextModel
+
+        from reidray.models.hf import full_config
 
         super().__init__(spec, random_init=random_init)
-        tokenizer_dir = _siglip_tokenizer_dir(spec, folder)
-        if random_init:
-            self.model = SiglipTextModel(SiglipTextConfig.from_pretrained(folder))
+        self._tokenizer = AutoTokenizer.from_pretrained(_siglip_tokenizer_dir(spec, folder), local_files_only=True)
+        if random_init:  # the published architecture, as the vision tower's random build uses
+            self.model = SiglipTextModel(full_config(spec).text_config)
         else:
-            self.model = SiglipTextModel.from_pretrained(folder)
-        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            self.model = _load_siglip_text(spec, SiglipTextModel, folder)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         batch = self._tokenizer([t.lower() for t in texts], padding="max_length", max_length=SIGLIP_MAX_TOKENS,
@@ -115,32 +121,47 @@ class SiglipText(TextEncoder):
         return self.model(input_ids=tokens).pooler_output
 
 
-def _siglip_tokenizer_dir(spec: ModelSpec, folder: Path) -> Path:
-    """The weights folder when it holds the tokenizer, else the hub cache's snapshot; never downloads."""
-    if (folder / "tokenizer_config.json").is_file():
-        return folder
+def _load_siglip_text(spec: ModelSpec, cls: type, folder: Path) -> nn.Module:
+    """The text tower from the local checkpoint; every text key must be there, only image keys may go unused."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report would list every vision key as unused
+    try:
+        model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = list(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
+    unused = [k for k in info.get("unexpected_keys", ()) if not k.startswith(_SIGLIP_NOT_TEXT)]
+    if missing or unused:
+        raise ReidrayError(f"model {spec.name}: {folder} does not hold SigLIP's text tower: "
+                           f"missing/mismatched {missing[:5]}, unexpected {unused[:5]}")
+    return model
+
+
+def _siglip_tokenizer_dir(spec: ModelSpec, folder: Path | None) -> Path:
+    """Where the Gemma tokenizer files are: the weights folder, ``$REIDRAY_WEIGHTS``, or the hub cache.
+
+    Never downloads: the registry's weights files are the vision tower's, so the tokenizer is
+    asked for by name when it is missing.
+    """
+    candidates = [folder] if folder is not None else []
+    if os.environ.get(_weights.ENV_DIR):
+        candidates.append(Path(os.environ[_weights.ENV_DIR]).expanduser() / spec.weights_id)
+    for candidate in candidates:
+        if (candidate / "tokenizer_config.json").is_file():
+            return candidate
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(spec.weights_id, "tokenizer_config.json")
     if isinstance(cached, str):
         return Path(cached).parent
+    where = folder or Path(f"${_weights.ENV_DIR}") / spec.weights_id
     raise WeightsNotFoundError(
-        f"model {spec.name}: the text tower needs the tokenizer files ({', '.join(SIGLIP_TOKENIZER_FILES)}) "
-        f"beside the weights in {folder}; get them with `huggingface-cli download {spec.weights_id} "
-        f"{' '.join(SIGLIP_TOKENIZER_FILES)} --local-dir {folder}`"
+        f"model {spec.name}: the text tower needs the tokenizer files ({', '.join(SIGLIP_TOKENIZER_FILES)}); "
+        f"get them with `huggingface-cli download {spec.weights_id} {' '.join(SIGLIP_TOKENIZER_FILES)} "
+        f"--local-dir {where}`"
     )
-
-
-def _hub_folder(spec: ModelSpec, weights: str | Path | None, random_init: bool) -> Path:
-    """SigLIP2's hub folder (config and tokenizer are needed even for random weights)."""
-    if not random_init:
-        return Path(_weights.resolve(spec, weights))
-    available, where = _weights.status(spec, weights)
-    if not available:
-        raise WeightsNotFoundError(
-            f"model {spec.name}: a random-init text tower still needs the config and tokenizer files; {where}"
-        )
-    return Path(where)
 
 
 def _build_openclip(spec: ModelSpec, weights: str | Path | None, random_init: bool) -> TextEncoder:
@@ -149,7 +170,9 @@ def _build_openclip(spec: ModelSpec, weights: str | Path | None, random_init: bo
 
 
 def _build_hf(spec: ModelSpec, weights: str | Path | None, random_init: bool) -> TextEncoder:
-    return SiglipText(spec, _hub_folder(spec, weights, random_init), random_init=random_init)
+    if random_init:  # random weights, but the tokenizer is still needed: look beside any weights given
+        return SiglipText(spec, Path(weights).expanduser() if weights else None, random_init=True)
+    return SiglipText(spec, Path(_weights.resolve(spec, weights)), random_init=False)
 
 
 _BUILDERS = {"openclip": _build_openclip, "hf": _build_hf}

@@ -157,7 +157,7 @@ def decode_resize(data: bytes, spec: ModelSpec, max_pixels: int) -> np.ndarray:
     The pixel count is read from the header before decoding, so a small file that would expand
     to gigabytes is refused without allocating them.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     from reidray.models.preprocess import resize
 
@@ -173,9 +173,10 @@ def decode_resize(data: bytes, spec: ModelSpec, max_pixels: int) -> np.ndarray:
     except ImageTooLargeError:
         raise
     except Exception as exc:  # any decoder failure is the body's fault, never the service's
+        known = not isinstance(exc, UnidentifiedImageError)
+        reason = f"{type(exc).__name__}: {exc}" if known else "not a known image format"
         raise ImageDecodeError(
-            f"the request body is not an image that decodes ({type(exc).__name__}: {exc}); "
-            "send the bytes of a JPEG, PNG, BMP or WebP file"
+            f"the request body is not an image that decodes ({reason}); send the bytes of a JPEG, PNG, BMP or WebP file"
         ) from None
     return resize(image, spec)
 
@@ -291,8 +292,13 @@ class Gateway:
         rows = await asyncio.to_thread(list_galleries, self.store)
         for row in rows:
             spec = MODELS.get(row["model"])
-            row["metric"] = spec.metric if spec else None
-            row["searchable"] = spec is not None and spec.name not in self.unavailable
+            if spec is None:
+                problem = f"model {row['model']} is not registered"
+            elif spec.name in self.unavailable:
+                problem = f"model {spec.name} is not available on this server ({self.unavailable[spec.name]})"
+            else:
+                problem = self.galleries.problem(spec.name, row["dataset"], row)
+            row.update(metric=spec.metric if spec else None, searchable=problem is None, problem=problem)
         return {"galleries": rows}
 
     @app.post("/embed", openapi_extra=IMAGE_BODY)
@@ -314,8 +320,10 @@ class Gateway:
     async def search_text(self, query: TextQuery) -> SearchResponse:
         spec = self._spec(query.model)
         if not has_text_tower(spec):
+            usable = [m for m in text_models() if m not in self.unavailable]
             raise NoTextTowerError(f"model {spec.name} has no text tower; text queries work with: "
-                                   f"{', '.join(m for m in text_models() if m not in self.unavailable)}")
+                                   + (", ".join(usable) or f"none on this server (weights missing for "
+                                                           f"{', '.join(text_models())})"))
         await self.galleries.index(spec.name, query.gallery)
         handle = self.embedder.options(multiplexed_model_id=TEXT_PREFIX + spec.name)
         vector = await _unwrap(handle.embed_texts.remote(query.text))
@@ -337,7 +345,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     settings = parse_settings(args)
     num_gpus = settings.num_gpus if settings.num_gpus is not None else _cluster_gpus()
     embedder = Embedder.options(ray_actor_options={"num_cpus": 1, "num_gpus": num_gpus}).bind(
-        random_init=settings.random_init, weights=settings.weights,
+        random_init=settings.random_init, weights=settings.weights, precision=settings.precision,
         max_models_per_replica=settings.max_models_per_replica, max_batch_size=settings.max_batch_size,
         batch_wait_timeout_s=settings.batch_wait_timeout_s,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,9 +59,15 @@ def serve_command(
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     say(f"reidray serving {root} at {url} ({'token required' if token else 'no token: loopback only'}); "
         "GET /healthz /models /galleries, POST /embed /search /search/text; Ctrl-C stops")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd and Kubernetes stop it like Ctrl-C
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         say("stopping")
         serve.shutdown()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

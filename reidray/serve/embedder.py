@@ -4,9 +4,11 @@ Each replica keeps at most ``max_models_per_replica`` towers (Serve's model mult
 recently used evicted), and Serve routes a model's requests to a replica that already holds it.
 The multiplexed id is the model name for its image encoder and ``text:<model>`` for its text tower.
 Requests are gathered into batches (``@serve.batch``; Serve splits a batch by model id), and the
-forward pass runs off the event loop so the next batch gathers meanwhile. It takes uint8 pixels
-already resized by the ingress and applies ``preprocess.normalize`` + the encoder, exactly as the
-embed stage's actor does, so a served embedding equals the stored one.
+forward pass runs off the event loop so the next batch gathers meanwhile.
+
+An image model is held as the embed stage's own ``EncoderActor`` (normalise + encoder, in the
+same precision rule: bf16 on GPUs, fp32 on CPUs, unless set), fed uint8 pixels the ingress
+resized with the stage's ``resize``: a served embedding is the stored one, computed the same way.
 """
 
 from __future__ import annotations
@@ -34,28 +36,21 @@ class ImageItem:
     camid: int | None = None
 
 
-@dataclass
-class Loaded:
-    """A loaded tower and where it runs."""
-
-    tower: object  # Encoder | TextEncoder
-    device: str
-
-
 @serve.deployment(name="Embedder", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class Embedder:
     """Image and text embeddings from the models this replica has loaded."""
 
-    def __init__(self, *, random_init: bool, weights: dict[str, str], max_models_per_replica: int,
+    def __init__(self, *, random_init: bool, weights: dict[str, str], precision: str, max_models_per_replica: int,
                  max_batch_size: int, batch_wait_timeout_s: float) -> None:
         import torch
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision = precision if precision != "auto" else ("bf16" if self.device == "cuda" else "fp32")
         self.random_init = random_init
         self.weights = weights
 
-        async def load(model_id: str) -> Loaded:
+        async def load(model_id: str):
             return await asyncio.to_thread(self._load, model_id)
 
         # Wired here, not as a decorator, so the bound comes from the app's settings.
@@ -64,46 +59,45 @@ class Embedder:
             method.set_max_batch_size(max_batch_size)
             method.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    def _load(self, model_id: str) -> Loaded:
-        from reidray.models import build
+    def _load(self, model_id: str):
+        """An ``EncoderActor`` for an image model, a ``TextEncoder`` for ``text:<model>``."""
+        from reidray.embed.actor import EncoderActor
         from reidray.models.text import build_text
 
         name = model_id.removeprefix(TEXT_PREFIX)
-        builder = build_text if model_id.startswith(TEXT_PREFIX) else build
         try:
-            tower = builder(name, weights=self.weights.get(name), random_init=self.random_init, device=self.device)
+            if model_id.startswith(TEXT_PREFIX):
+                return build_text(name, weights=self.weights.get(name), random_init=self.random_init,
+                                  device=self.device)
+            return EncoderActor(name, self.weights.get(name), self.random_init, precision=self.precision,
+                                device=self.device)
         except ReidrayError:
             raise
         except Exception as exc:  # a missing family module, a broken checkpoint: say which model
-            raise ModelLoadError(f"model {name} could not be loaded on this server: {type(exc).__name__}: {exc}") from exc
-        return Loaded(tower, self.device)
+            raise ModelLoadError(
+                f"model {name} could not be loaded on this server: {type(exc).__name__}: {exc}"
+            ) from exc
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def embed_images(self, items: list[ImageItem]) -> list[np.ndarray]:
         """A batch of one model's images -> embeddings (float32 [dim] each)."""
-        loaded = await self.get_model(serve.get_multiplexed_model_id())
-        vectors = await asyncio.to_thread(self._forward_images, loaded, items)
-        return list(vectors)
+        actor = await self.get_model(serve.get_multiplexed_model_id())
+        return list(await asyncio.to_thread(self._forward_images, actor, items))
 
-    def _forward_images(self, loaded: Loaded, items: list[ImageItem]) -> np.ndarray:
-        from reidray.models.preprocess import normalize
-
+    def _forward_images(self, actor, items: list[ImageItem]) -> np.ndarray:
         torch = self.torch
-        encoder = loaded.tower
-        pixels = torch.from_numpy(np.stack([item.pixels for item in items])).to(loaded.device)
+        pixels = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device)
         camids = None
-        if encoder.spec.uses_camera:
-            camids = torch.tensor([item.camid for item in items], dtype=torch.int64, device=loaded.device)
-        with torch.inference_mode():
-            return encoder(normalize(pixels, encoder.spec), camids).float().cpu().numpy()
+        if actor.spec.uses_camera:
+            camids = torch.tensor([item.camid for item in items], dtype=torch.int64, device=self.device)
+        return actor.embed(pixels, camids).cpu().numpy()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def embed_texts(self, texts: list[str]) -> list[np.ndarray]:
         """A batch of one model's sentences -> text embeddings in its image space."""
-        loaded = await self.get_model(serve.get_multiplexed_model_id())
-        vectors = await asyncio.to_thread(self._forward_texts, loaded, texts)
-        return list(vectors)
+        tower = await self.get_model(serve.get_multiplexed_model_id())
+        return list(await asyncio.to_thread(self._forward_texts, tower, texts))
 
-    def _forward_texts(self, loaded: Loaded, texts: list[str]) -> np.ndarray:
+    def _forward_texts(self, tower, texts: list[str]) -> np.ndarray:
         with self.torch.inference_mode():
-            return loaded.tower(texts).float().cpu().numpy()
+            return tower(texts).float().cpu().numpy()

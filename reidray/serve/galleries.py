@@ -58,6 +58,7 @@ def list_galleries(store: Store) -> list[dict]:
                 "n_images": marker.get("n_images"),
                 "dim": marker.get("dim"),
                 "random_init": bool(marker.get("random_init", False)),
+                "weights_id": marker.get("weights_id"),
                 "created_at": marker.get("created_at"),
             })
     return found
@@ -86,6 +87,9 @@ class GalleryIndex:
         import faiss
 
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if q.shape[1] != self.index.d:
+            raise GalleryMismatchError(f"gallery {self.model}/{self.dataset} holds {self.index.d}-d embeddings, "
+                                       f"the query is {q.shape[1]}-d; re-embed the gallery with this model")
         if self.metric == "cosine":
             faiss.normalize_L2(q)
         k = min(k, self.size)
@@ -110,7 +114,7 @@ def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex
         raise CellError(f"cell {model}/{dataset} has no gallery rows (split == 'gallery') to search")
     column = table.column("embedding").combine_chunks()
     vectors = np.ascontiguousarray(
-        column.values.to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size),
+        column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size),
         dtype=np.float32,
     )
     metric = get(model).metric
@@ -148,23 +152,28 @@ class Galleries:
                 f"none stored; run `python -m reidray.run embed -m {model} -d <dataset> --out {self.store.root}`"
             )
             raise UnknownGalleryError(f"no gallery {dataset!r} for model {model!r}; galleries of {model}: {listed}")
-        self._check_compatible(model, dataset, marker)
+        problem = self.problem(model, dataset, marker)
+        if problem is not None:
+            raise GalleryMismatchError(problem)
         return marker
 
-    def _check_compatible(self, model: str, dataset: str, marker: dict) -> None:
-        """Vectors from random weights and from trained weights share no space: never mix them."""
+    def problem(self, model: str, dataset: str, marker: dict) -> str | None:
+        """Why the stored cell cannot be searched with the served model, or None when it can."""
         spec = get(model)
+        if marker.get("dim", spec.dim) != spec.dim:
+            return (f"gallery {model}/{dataset} holds {marker.get('dim')}-d embeddings but {model} now gives "
+                    f"{spec.dim}-d ones: it was embedded by another version of the model; re-embed it")
         if not spec.needs_weights:
-            return
+            return None
         stored = bool(marker.get("random_init", False))
-        stored_id = marker.get("weights_id", spec.weights_id)
-        if stored != self.random_init or stored_id != spec.weights_id:
-            embedded = "random weights" if stored else f"weights {stored_id}"
-            served = "random weights" if self.random_init else f"weights {spec.weights_id}"
-            raise GalleryMismatchError(
-                f"gallery {model}/{dataset} was embedded with {embedded} but this service runs {model} "
-                f"with {served}; re-embed the gallery or serve the matching model"
-            )
+        stored_id = marker.get("weights_id") or spec.weights_id  # a marker that does not say: trust it
+        if stored == self.random_init and stored_id == spec.weights_id:
+            return None
+        # Vectors from random weights and from trained weights share no space: never mix them.
+        embedded = "random weights" if stored else f"weights {stored_id}"
+        served = "random weights" if self.random_init else f"weights {spec.weights_id}"
+        return (f"gallery {model}/{dataset} was embedded with {embedded} but this service runs {model} "
+                f"with {served}; re-embed the gallery or serve the matching model")
 
     async def index(self, model: str, dataset: str) -> GalleryIndex:
         """The kept index of (model, dataset), built on first use and after a re-embed."""

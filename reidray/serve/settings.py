@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,13 +27,18 @@ class ServeSettings(BaseModel):
     token: str | None = Field(default=None, description=f"bearer token; default: ${TOKEN_ENV} on the replica")
     random_init: bool = Field(default=False, description="serve random-weight encoders (tests, throughput)")
     weights: dict[str, str] = Field(default_factory=dict, description="model -> explicit weights path")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="image encoders' arithmetic; auto: the embed stage's (bf16 on GPUs, else fp32)"
+    )
     max_upload_bytes: int = Field(default=10 * MB, gt=0, description="larger bodies get 413")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="larger images get 413 before decoding")
     max_models_per_replica: int = Field(default=3, gt=0, description="encoders kept per replica (LRU)")
     max_galleries: int = Field(default=4, gt=0, description="faiss indexes kept per ingress replica (LRU)")
     max_batch_size: int = Field(default=16, gt=0)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
-    num_gpus: float | None = Field(default=None, ge=0, description="per encoder replica; default: 1 if the cluster has GPUs")
+    num_gpus: float | None = Field(
+        default=None, ge=0, description="per encoder replica; default: 1 if the cluster has GPUs at deploy time"
+    )
 
 
 def parse_settings(args: dict) -> ServeSettings:

@@ -1,0 +1,147 @@
+"""CLIP-ReID ViT-B/16 (Li et al., AAAI 2023), from its released checkpoints, for inference.
+
+CLIP-ReID is not a package, so reidray builds the image tower itself from open_clip's parts
+(the OpenAI CLIP transformer blocks with QuickGELU), under the same parameter names as the
+released files: ``image_encoder.*`` (OpenAI CLIP's visual naming) and ``cv_embed``. Two changes
+from OpenAI's tower, both read from the checkpoint:
+
+- the patch stride (16, or 12 for the "OLP" overlapping-patch models), visible in the shape of
+  ``image_encoder.positional_embedding``: a 256x128 input gives 16x8 (+1) positions at stride 16
+  and 21x10 (+1) at stride 12;
+- the camera embedding (SIE), ``cv_embed`` [n_cams, 768], present in SIE models only. It is added,
+  times ``SIE_COE``, to the CLS token. A camera id outside the checkpoint's cameras (another
+  dataset's, or -1/unknown) gets the mean camera embedding, i.e. no particular camera.
+
+The test feature is CLIP-ReID's ``TEST.NECK_FEAT='before'``: ln_post(CLS) (768) concatenated with
+its projection (512), 1280-d, L2-normalised, as in its person configs. The BN-necks, classifiers,
+prompt learner and text encoder in a checkpoint are training-only and ignored by name; any other
+key, or a missing or mis-shaped tower key, is an error: nothing is loaded with ``strict=False``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from open_clip.transformer import LayerNorm, QuickGELU, Transformer
+from torch import nn
+
+from reidray.errors import ReidrayError
+from reidray.models.encoder import Encoder
+from reidray.models.registry import ModelSpec
+
+WIDTH, LAYERS, HEADS, PATCH, EMBED_DIM = 768, 12, 12, 16, 512
+SIE_COE = 1.0  # the README's SIE+OLP command (MODEL.SIE_COE 1.0); checkpoints do not record it
+# The registry's default checkpoint (MSMT17, CLIP-ReID + SIE + OLP): what a random-init build mimics.
+DEFAULT_STRIDE, DEFAULT_CAMS = 12, 15
+TRAINING_ONLY = ("bottleneck.", "bottleneck_proj.", "classifier.", "classifier_proj.", "prompt_learner.", "text_encoder.")
+
+
+def grid(stride: int, input_size: tuple[int, int]) -> tuple[int, int]:
+    """Patch grid (rows, cols) of CLIP-ReID's conv stem at ``stride`` on an (h, w) input."""
+    h, w = input_size
+    return (h - PATCH) // stride + 1, (w - PATCH) // stride + 1
+
+
+class ClipReidVisual(nn.Module):
+    """OpenAI CLIP's ViT-B/16 image tower with a configurable conv stride and a non-square grid."""
+
+    def __init__(self, stride: int, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        rows, cols = grid(stride, input_size)
+        scale = WIDTH**-0.5
+        self.conv1 = nn.Conv2d(3, WIDTH, kernel_size=PATCH, stride=stride, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(WIDTH))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(rows * cols + 1, WIDTH))
+        self.ln_pre = LayerNorm(WIDTH)
+        self.transformer = Transformer(WIDTH, LAYERS, HEADS, act_layer=QuickGELU)
+        self.ln_post = LayerNorm(WIDTH)
+        self.proj = nn.Parameter(scale * torch.randn(WIDTH, EMBED_DIM))
+
+    def forward(self, pixels: torch.Tensor, cls_offset: torch.Tensor | None) -> torch.Tensor:
+        """ln_post(CLS) [N, 768]; ``cls_offset`` [N, 768] is added to the CLS token (SIE)."""
+        x = self.conv1(pixels).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        if cls_offset is not None:
+            cls = cls + cls_offset.to(x.dtype).unsqueeze(1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0])
+
+
+class ClipReidEncoder(Encoder):
+    """The 1280-d CLIP-ReID test feature; parameter names are the released checkpoints' own."""
+
+    def __init__(self, spec: ModelSpec, *, stride: int, n_cams: int, random_init: bool) -> None:
+        super().__init__(spec, random_init=random_init)
+        self.stride = stride
+        self.image_encoder = ClipReidVisual(stride, spec.input_size)
+        self.cv_embed = nn.Parameter(torch.randn(n_cams, WIDTH) * 0.02) if n_cams else None
+
+    def _camera_offset(self, n: int, camids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        if self.cv_embed is None:
+            return None
+        n_cams = self.cv_embed.shape[0]
+        offset = self.cv_embed.mean(dim=0).expand(n, -1)
+        if camids is not None:
+            camids = camids.to(device=device, dtype=torch.long).view(-1)
+            known = (camids >= 0) & (camids < n_cams)
+            offset = torch.where(known.unsqueeze(1), self.cv_embed[camids.clamp(0, n_cams - 1)], offset)
+        return SIE_COE * offset
+
+    def features(self, pixels: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
+        cls = self.image_encoder(pixels, self._camera_offset(pixels.shape[0], camids, pixels.device))
+        return torch.cat([cls, cls @ self.image_encoder.proj.to(cls.dtype)], dim=1)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a CLIP-ReID checkpoint file, unwrapped and without a DDP ``module.`` prefix."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ReidrayError(f"CLIP-ReID checkpoint {path} does not load with torch.load: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ReidrayError(f"CLIP-ReID checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _stride_of(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> int:
+    """The conv stride whose patch grid matches the checkpoint's position embedding."""
+    key = "image_encoder.positional_embedding"
+    if key not in state:
+        raise ReidrayError(f"{path} is not a CLIP-ReID ViT checkpoint: no {key}")
+    positions = state[key].shape[0] - 1
+    strides = [s for s in range(1, PATCH + 1) if grid(s, spec.input_size)[0] * grid(s, spec.input_size)[1] == positions]
+    if len(strides) != 1:
+        raise ReidrayError(
+            f"{path}: {key} has {positions} patch positions, which no conv stride gives at input "
+            f"{spec.input_size[0]}x{spec.input_size[1]}"
+        )
+    return strides[0]
+
+
+def load_released(encoder: ClipReidEncoder, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a released state dict strictly; training-only keys are skipped by name, nothing else."""
+    tower = {k: v for k, v in state.items() if k.startswith("image_encoder.") or k == "cv_embed"}
+    unknown = sorted(k for k in state if k not in tower and not k.startswith(TRAINING_ONLY))
+    if unknown:
+        raise ReidrayError(f"{path} has keys outside CLIP-ReID's layout: {', '.join(unknown[:5])}")
+    try:
+        encoder.load_state_dict(tower, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise ReidrayError(f"{path} does not match CLIP-ReID's image tower: {detail[:400]}") from exc
+
+
+def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> ClipReidEncoder:
+    """The encoder for ``path`` (stride and cameras read from it), or a random one shaped like the default."""
+    if random_init or path is None:
+        return ClipReidEncoder(spec, stride=DEFAULT_STRIDE, n_cams=DEFAULT_CAMS, random_init=True)
+    state = read_checkpoint(path)
+    cams = state["cv_embed"].shape[0] if "cv_embed" in state else 0
+    encoder = ClipReidEncoder(spec, stride=_stride_of(state, spec, path), n_cams=cams, random_init=False)
+    load_released(encoder, state, path)
+    return encoder

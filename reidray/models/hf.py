@@ -1,0 +1,96 @@
+"""SigLIP2 ViT-B/16 (256, 384) and DINOv2 B/14, L/14, through transformers.
+
+Why transformers: both are published as transformers checkpoints by their authors (Google's
+``google/siglip2-base-patch16-*``, Meta's ``facebook/dinov2-*``), and it is a maintained library
+with a pinned release, unlike the study's ``torch.hub`` DINOv2 load, which fetches the unpinned
+``main`` branch of a GitHub repository at run time. Its Dinov2 reproduces the original's
+position-embedding interpolation (bicubic, from the 37x37 grid), and its SigLIP vision model is
+what the study called through ``get_image_features``.
+
+Embeddings: SigLIP's ``pooler_output`` (the attention-pool head, 768-d; ``get_image_features``);
+DINOv2's ``pooler_output`` (the final-LayerNorm CLS token, the original's ``x_norm_clstoken``).
+
+Loading: ``from_pretrained`` on the local folder (config.json + model.safetensors), never the
+network; a missing or mis-shaped key is an error, and the only keys allowed to go unused are
+SigLIP's text tower. The configs below are the published ones, used for random-init builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    PretrainedConfig,
+    SiglipConfig,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from reidray.errors import ReidrayError
+from reidray.models.encoder import Encoder
+from reidray.models.registry import ModelSpec
+
+_SIGLIP2_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+_SIGLIP2_TEXT = dict(vocab_size=256000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                     num_attention_heads=12, max_position_embeddings=64, hidden_act="gelu_pytorch_tanh",
+                     layer_norm_eps=1e-6)
+_DINOV2_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
+_DINOV2_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16)
+_DINOV2_COMMON = dict(image_size=518, patch_size=14, mlp_ratio=4, layerscale_value=1.0, layer_norm_eps=1e-6,
+                      hidden_act="gelu", use_swiglu_ffn=False, qkv_bias=True)
+
+# name -> (model class, config) as published on the hub
+_ARCH: dict[str, tuple[type[torch.nn.Module], Callable[[], PretrainedConfig]]] = {
+    "siglip2-b16-256": (SiglipVisionModel, lambda: SiglipVisionConfig(image_size=256, **_SIGLIP2_VISION)),
+    "siglip2-b16-384": (SiglipVisionModel, lambda: SiglipVisionConfig(image_size=384, **_SIGLIP2_VISION)),
+    "dinov2-b14": (Dinov2Model, lambda: Dinov2Config(**_DINOV2_BASE, **_DINOV2_COMMON)),
+    "dinov2-l14": (Dinov2Model, lambda: Dinov2Config(**_DINOV2_LARGE, **_DINOV2_COMMON)),
+}
+# checkpoint keys the vision model may leave unused: SigLIP's text tower and contrastive scales
+_UNUSED_OK = ("text_model.", "logit_scale", "logit_bias")
+
+
+def full_config(spec: ModelSpec) -> PretrainedConfig:
+    """The whole published model's config (SigLIP: image + text towers), for parameter counts."""
+    cls, make = _ARCH[spec.name]
+    if cls is SiglipVisionModel:
+        return SiglipConfig(text_config=_SIGLIP2_TEXT, vision_config=make().to_dict())
+    return make()
+
+
+class HfEncoder(Encoder):
+    """A transformers vision model; the embedding is its ``pooler_output``."""
+
+    def __init__(self, spec: ModelSpec, model: torch.nn.Module, *, random_init: bool) -> None:
+        super().__init__(spec, random_init=random_init)
+        self.model = model
+
+    def features(self, pixels: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
+        return self.model(pixel_values=pixels).pooler_output
+
+
+def _load(spec: ModelSpec, cls: type, folder: Path) -> torch.nn.Module:
+    model, info = cls.from_pretrained(
+        folder, local_files_only=True, output_loading_info=True, dtype=torch.float32
+    )
+    missing = list(info.get("missing_keys", ())) + [str(k) for k in info.get("mismatched_keys", ())]
+    unused = [k for k in info.get("unexpected_keys", ()) if not k.startswith(_UNUSED_OK)]
+    if missing or unused:
+        raise ReidrayError(
+            f"model {spec.name}: {folder} does not match {cls.__name__}: "
+            f"missing/mismatched {missing[:5]}, unexpected {unused[:5]}"
+        )
+    return model
+
+
+def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> HfEncoder:
+    """The vision model from the local checkpoint folder, or random from the published config."""
+    cls, make = _ARCH[spec.name]
+    if random_init or path is None:
+        return HfEncoder(spec, cls(make()), random_init=True)
+    return HfEncoder(spec, _load(spec, cls, path), random_init=False)

@@ -1,0 +1,119 @@
+"""The results as the report reads them: one headline row per cell, in the paper's order.
+
+Every table and figure starts from ``headline``: the aggregate row of a multi-trial protocol (GRID's
+mean over its 10 trials), the only row otherwise, labelled so that a random-initialised row can
+never be mistaken for a result. Metrics stay fractions here; tables and figures format percent.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from reidray.errors import ReidrayError
+from reidray.models import MODELS
+from reidray.store import Store
+
+RANDOM_INIT_MARK = " (random-init)"
+
+# Table 2's column order, then reidray's own datasets.
+PAPER_DATASETS = ("msmt17", "market1501", "dukemtmcreid", "cuhk03", "grid", "pku", "last", "iust", "celebreid")
+SHORT_NAMES = {
+    "msmt17": "MSMT17", "market1501": "Market", "dukemtmcreid": "Duke", "cuhk03": "CUHK03", "grid": "GRID",
+    "pku": "PKU", "last": "LaST", "iust": "IUST", "celebreid": "Celeb",
+}  # fmt: skip
+
+# The paper's dataset groups (Figure 1's caption): MSMT17 is the supervised models' training set.
+TRAINING_DOMAIN = "msmt17"
+SURVEILLANCE = ("msmt17", "market1501", "dukemtmcreid", "cuhk03")
+IN_THE_WILD = ("last", "celebreid")
+SYNTHETIC = "reidray-synth"
+
+PARADIGMS = ("supervised", "language-aligned", "self-supervised", "hand-crafted", "control")
+METRICS = ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")
+REQUIRED = ("model", "paradigm", "params", "dataset", "trial", "aggregate", "random_init", *METRICS)
+
+
+def load_results(store: Store) -> pl.DataFrame:
+    """Every results file under the store's results folder, read through the store (remote roots too)."""
+    files = store.list_files(store.results_dir(), ".parquet")
+    if not files:
+        raise ReidrayError(f"no results under {store.uri('results')}: run `python -m reidray.run score` first")
+    frames = []
+    for path in files:
+        frame = pl.from_arrow(store.read_table(path))
+        missing = [c for c in REQUIRED if c not in frame.columns]
+        if missing:
+            raise ReidrayError(f"results file {path} lacks column(s) {', '.join(missing)}; rerun `score` for that cell")
+        frames.append(frame)
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def headline(results: pl.DataFrame) -> pl.DataFrame:
+    """One row per (label, dataset): the aggregate row where a cell has one, else its single row."""
+    labelled = results.with_columns(
+        pl.when(pl.col("random_init"))
+        .then(pl.col("model") + RANDOM_INIT_MARK)
+        .otherwise(pl.col("model"))
+        .alias("label")
+    )
+    has_mean = pl.col("aggregate").any().over("label", "dataset")
+    rows = labelled.filter(pl.col("aggregate") | ~has_mean)
+    doubled = rows.group_by("label", "dataset").len().filter(pl.col("len") > 1)
+    if doubled.height:
+        first = doubled.row(0, named=True)
+        raise ReidrayError(
+            f"cell {first['label']}/{first['dataset']} has {first['len']} result rows and no aggregate row; "
+            "remove the stray results file or rerun `score` for that cell"
+        )
+    return rows.with_columns(
+        pl.col("label").replace_strict(_label_order(rows), return_dtype=pl.Int32).alias("_model_order")
+    ).sort("_model_order", "dataset").drop("_model_order")
+
+
+def _label_order(rows: pl.DataFrame) -> dict[str, int]:
+    """Registry order (the paper's), random-init right after its trained twin, unknown models last."""
+    registry = {name: i for i, name in enumerate(MODELS)}
+    pairs = rows.select("label", "model", "random_init").unique()
+    ranked = sorted(
+        pairs.iter_rows(named=True),
+        key=lambda r: (registry.get(r["model"], len(registry)), r["model"], r["random_init"]),
+    )
+    return {r["label"]: i for i, r in enumerate(ranked)}
+
+
+def dataset_order(head: pl.DataFrame) -> list[str]:
+    """The datasets present: Table 2's order first, then the rest by name."""
+    present = set(head["dataset"].to_list())
+    return [d for d in PAPER_DATASETS if d in present] + sorted(present - set(PAPER_DATASETS))
+
+
+def labels(head: pl.DataFrame) -> list[str]:
+    """Model labels in report order."""
+    return list(dict.fromkeys(head["label"].to_list()))
+
+
+def short(dataset: str) -> str:
+    return SHORT_NAMES.get(dataset, dataset)
+
+
+def group_mean(head: pl.DataFrame, datasets: tuple[str, ...], metric: str = "mAP") -> pl.DataFrame:
+    """Per label, the mean of ``metric`` over ``datasets``, only where the label has all of them
+    (a mean over part of a group would compare different things)."""
+    return (
+        head.filter(pl.col("dataset").is_in(datasets))
+        .group_by("label", "model", "paradigm", "random_init", maintain_order=True)
+        .agg(pl.col(metric).mean().alias(metric), pl.col("dataset").n_unique().alias("_n"))
+        .filter(pl.col("_n") == len(set(datasets)))
+        .drop("_n")
+    )
+
+
+def common_datasets(head: pl.DataFrame) -> list[str]:
+    """Datasets every label has, for means that compare models on the same ground; the synthetic
+    set is left out when benchmark datasets are there (it is a smoke test, not a benchmark)."""
+    n_labels = head["label"].n_unique()
+    counts = head.group_by("dataset").agg(pl.col("label").n_unique().alias("n"))
+    common = set(counts.filter(pl.col("n") == n_labels)["dataset"].to_list())
+    if common - {SYNTHETIC}:
+        common.discard(SYNTHETIC)
+    return [d for d in dataset_order(head) if d in common]

@@ -1,0 +1,177 @@
+"""CLIP-ReID: released checkpoint layout, strict loading, SIE, and the reference image path.
+
+The checkpoints written here have the released files' key layout (paper_code.md section 2):
+``image_encoder.*`` (OpenAI CLIP visual naming), ``cv_embed`` for SIE models, the BN-necks and
+the two classifiers (1,041 MSMT17 ids), and for CLIP-ReID (not baseline) files the prompt
+learner, optionally behind a DDP ``module.`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from reidray.errors import ReidrayError
+from reidray.models import build, get
+from reidray.models import clipreid
+from reidray.models.preprocess import prepare
+
+N_IDS = 1041
+SPEC = get("clip-reid-vit-b16")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("REIDRAY_DOWNLOAD", "0")
+
+
+def _crops(n: int = 3, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = (rng.random((150, 70, 3)) * 80).astype(np.uint8)
+        img[30:80, 10:60] = rng.integers(0, 256, 3)
+        img[80:140, 15:55] = rng.integers(0, 256, 3)
+        out.append(Image.fromarray(img))
+    return out
+
+
+def _released_state(encoder: clipreid.ClipReidEncoder, *, prompt: bool, ddp: bool) -> dict[str, torch.Tensor]:
+    """``encoder``'s weights plus the training-only heads, keyed as in the released files."""
+    state = dict(encoder.state_dict())
+    for name, dim in (("bottleneck", 768), ("bottleneck_proj", 512)):
+        state |= {f"{name}.weight": torch.ones(dim), f"{name}.bias": torch.zeros(dim),
+                  f"{name}.running_mean": torch.zeros(dim), f"{name}.running_var": torch.ones(dim),
+                  f"{name}.num_batches_tracked": torch.tensor(0)}
+    state["classifier.weight"] = torch.randn(N_IDS, 768)
+    state["classifier_proj.weight"] = torch.randn(N_IDS, 512)
+    if prompt:
+        state["prompt_learner.cls_ctx"] = torch.randn(N_IDS, 4, 512)
+    return {f"module.{k}": v for k, v in state.items()} if ddp else state
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> tuple[clipreid.ClipReidEncoder, Path]:
+    """A random stride-16, no-SIE model (the ViT-baseline layout), saved as a released file."""
+    torch.manual_seed(1)
+    enc = clipreid.ClipReidEncoder(SPEC, stride=16, n_cams=0, random_init=True).eval()
+    path = tmp_path_factory.mktemp("clipreid") / "MSMT17_vit_base.pth"
+    torch.save(_released_state(enc, prompt=False, ddp=False), path)
+    return enc, path
+
+
+@pytest.fixture(scope="module")
+def sie_olp(tmp_path_factory) -> tuple[clipreid.ClipReidEncoder, Path]:
+    """A random stride-12 model with 15 camera embeddings (the SIE-OLP layout), DDP-prefixed."""
+    torch.manual_seed(2)
+    enc = clipreid.ClipReidEncoder(SPEC, stride=12, n_cams=15, random_init=True).eval()
+    path = tmp_path_factory.mktemp("clipreid") / "MSMT17_clipreid_12x12sie_ViT-B-16_60.pth"
+    torch.save(_released_state(enc, prompt=True, ddp=True), path)
+    return enc, path
+
+
+def test_grids_of_the_released_strides():
+    assert clipreid.grid(16, (256, 128)) == (16, 8)
+    assert clipreid.grid(12, (256, 128)) == (21, 10)
+
+
+def test_saved_checkpoint_loads_back_to_identical_outputs(baseline):
+    enc, path = baseline
+    loaded = build(SPEC.name, weights=path)
+    assert loaded.random_init is False and loaded.stride == 16 and loaded.cv_embed is None
+    pixels = prepare(_crops(), SPEC)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixels), enc(pixels))
+
+
+def test_sie_olp_checkpoint_loads_and_uses_the_camera(sie_olp):
+    enc, path = sie_olp
+    loaded = build(SPEC.name, weights=path)
+    assert loaded.stride == 12 and loaded.cv_embed.shape == (15, 768)
+    pixels = prepare(_crops(1), SPEC).expand(4, -1, -1, -1)
+    cams = torch.tensor([0, 3, -1, 99])
+    with torch.no_grad():
+        out = loaded(pixels, cams)
+        assert torch.equal(out, enc(pixels, cams))
+        assert (out[0] - out[1]).abs().max() > 1e-3  # the camera embedding is used
+        # unknown cameras (-1, or beyond the checkpoint's 15) get the mean camera embedding
+        assert torch.allclose(out[2], out[3]) and torch.allclose(out[2:], loaded(pixels[2:], None))
+        # SIE adds coe * cv_embed[cam] to the CLS token: same as shifting the class embedding
+        shifted = clipreid.ClipReidEncoder(SPEC, stride=12, n_cams=0, random_init=True).eval()
+        shifted.load_state_dict({k: v for k, v in loaded.state_dict().items() if k != "cv_embed"})
+        shifted.image_encoder.class_embedding.data += clipreid.SIE_COE * loaded.cv_embed[3]
+        assert torch.allclose(shifted(pixels[:1]), out[1:2], atol=1e-5)
+
+
+def test_matches_open_clip_vision_transformer_with_clip_reid_transforms(baseline):
+    """The reference image path: open_clip's OpenAI ViT-B/16 at 256x128 (stride 16 = patch),
+    fed by CLIP-ReID's own test transform (bilinear Resize(256,128), ToTensor, Normalize(0.5, 0.5)),
+    feature cat(ln_post(CLS), CLS @ proj) L2-normalised (TEST.NECK_FEAT 'before', FEAT_NORM 'yes')."""
+    import open_clip
+    from torchvision import transforms as T
+
+    enc, _ = baseline
+    ref = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None, force_image_size=(256, 128)).visual.eval()
+    tower = {k.removeprefix("image_encoder."): v for k, v in enc.state_dict().items()}
+    ref.load_state_dict(tower, strict=True)
+    captured = {}
+    ref.ln_post.register_forward_hook(lambda m, i, o: captured.update(cls=o[:, 0]))
+    transform = T.Compose([T.Resize((256, 128)), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    images = _crops()
+    with torch.no_grad():
+        projected = ref(torch.stack([transform(im) for im in images]))
+        expected = F.normalize(torch.cat([captured["cls"], projected], dim=1), dim=1)
+        ours = enc(prepare(images, SPEC))
+    assert ours.shape == (3, 1280)
+    assert (ours - expected).abs().max() < 1e-4  # same float32 network, pixels equal to ~1e-7
+
+
+def _load_into_fresh(state: dict[str, torch.Tensor], stride: int = 16, n_cams: int = 0) -> None:
+    fresh = clipreid.ClipReidEncoder(SPEC, stride=stride, n_cams=n_cams, random_init=True)
+    clipreid.load_released(fresh, state, Path("ckpt.pth"))
+
+
+def test_missing_mismatched_or_foreign_keys_fail_loudly(baseline):
+    enc, _ = baseline
+    good = _released_state(enc, prompt=False, ddp=False)
+    _load_into_fresh(good)  # the control: the untouched state loads
+
+    missing = dict(good)
+    del missing["image_encoder.transformer.resblocks.5.mlp.c_fc.weight"]
+    with pytest.raises(ReidrayError, match="resblocks.5.mlp.c_fc.weight"):
+        _load_into_fresh(missing)
+
+    mismatched = dict(good, **{"image_encoder.proj": torch.zeros(768, 256)})
+    with pytest.raises(ReidrayError, match="proj"):
+        _load_into_fresh(mismatched)
+
+    foreign = dict(good, **{"head.fc.weight": torch.zeros(3, 3)})
+    with pytest.raises(ReidrayError, match="head.fc.weight"):
+        _load_into_fresh(foreign)
+
+    with pytest.raises(ReidrayError, match="cv_embed"):  # an SIE model given a checkpoint without cameras
+        _load_into_fresh(good, n_cams=15)
+
+
+def test_bad_files_name_the_file(tmp_path, baseline):
+    enc, _ = baseline
+    odd = _released_state(enc, prompt=False, ddp=False)
+    odd["image_encoder.positional_embedding"] = torch.zeros(100, 768)  # no stride gives 99 patches
+    path = tmp_path / "odd.pth"
+    torch.save(odd, path)
+    with pytest.raises(ReidrayError, match="odd.pth"):
+        build(SPEC.name, weights=path)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"<html>quota exceeded</html>")
+    with pytest.raises(ReidrayError, match="junk.pth"):
+        build(SPEC.name, weights=junk)

@@ -181,13 +181,7 @@ def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str
 
 
 def write_report(store: Store, say: Say) -> str:
-    """The Markdown table of every stored result, printed and written under ``report/``."""
-    from reidray.report.tables import load_results, markdown_table
+    """Every stored result as tables, figures and the comparison with the paper, under ``report/``."""
+    from reidray.report import build
 
-    if not store.list_files(store.results_dir(), ".parquet"):
-        raise ReidrayError(f"no results under {store.results_dir()}: run `python -m reidray.run score` first")
-    table = markdown_table(load_results(store.uri("results")))
-    store.write_bytes(store.path("report", "results.md"), table.encode())
-    say(table)
-    say(f"report written to {store.uri('report', 'results.md')}")
-    return table
+    return build.write_report(store, say)

@@ -97,6 +97,7 @@ def service(ray_session, tmp_path_factory):
     embed_cell(store, "handcrafted", DATASET, manifest, say=lambda _: None)
 
     port = _free_port()
+    serve.shutdown()  # HTTP options apply only to a fresh Serve: never inherit another module's instance
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"out": store.base, "token": TOKEN, "random_init": True, "max_upload_bytes": MAX_UPLOAD,
                          "max_image_pixels": MAX_PIXELS}), name=APP_NAME, route_prefix="/")

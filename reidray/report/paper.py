@@ -1,9 +1,9 @@
 """The paper's published Table 2 (mAP %) and what reidray does differently, cell by cell.
 
-The numbers ship as ``data/paper_table2.csv`` (its header comment names the source). The known
-causes of differences come from reading the study's code (``paper_code.md`` in the team's
-reference notes): where its pipeline did something other than what the paper says, or other than
-what reidray does. A cell that differs with no known cause is worth a look; the report lists those.
+The numbers ship as ``paper_table2.csv`` beside this module (its header comment names the
+source). The known causes of differences come from reading the study's code (``paper_code.md``
+in the team's reference notes): where its pipeline did something other than what the paper says,
+or other than what reidray does. A cell that differs with no known cause is worth a look; the report lists those.
 Random-initialised rows are never compared: their numbers are not results.
 """
 
@@ -29,7 +29,7 @@ AGREE_PP = 1.0  # a cell within this many percentage points of the paper's agree
 def paper_table() -> pl.DataFrame:
     """Table 2 as published, wide: ``paper_model``, ``model`` (registry name), ``params_m``, one
     column per dataset in percent (null where the paper has "-")."""
-    source = resources.files("reidray.report").joinpath("data/paper_table2.csv")
+    source = resources.files("reidray.report").joinpath("paper_table2.csv")
     with source.open("rb") as handle:
         return pl.read_csv(
             handle, comment_prefix="#", schema_overrides={d: pl.Float64 for d in PAPER_DATASETS}

@@ -7,15 +7,17 @@ embeddings. Endpoints::
 
     GET  /healthz        liveness, open without a token
     GET  /models         the models served here (and which have a text tower)
-    GET  /galleries      the stored, complete (model, dataset) cells
+    GET  /galleries      the stored, complete (model, dataset) cells, and whether each is searchable
     POST /embed          ?model=          body: the image's bytes       -> its embedding
     POST /search         ?model=&gallery=&k=   body: the image's bytes  -> top-k gallery images
     POST /search/text    {"model", "gallery", "text", "k"}             -> top-k gallery images
+                         (language-aligned models: models.text.text_models())
 
 Images travel as the raw request body (``curl --data-binary @q.jpg -H 'Content-Type:
 image/jpeg'``): no multipart parser, and the size limit applies to the image itself. Statuses:
 400 a body that is not an image, 401 no or wrong token, 404 an unknown model or gallery (the
-message lists the valid names), 409 a gallery embedded with other weights than those served,
+message lists the valid names), 409 a gallery embedded by another version of the served model
+(other weights, random or not, another dimension),
 413 a body or image past the limits, 415 a body declared as something other than an image,
 422 bad parameters (or text for a model with no text tower), 503 a model that cannot be loaded.
 A failed request fails alone: nothing a client sends can take a replica down.

@@ -1,4 +1,4 @@
-"""The command line: ``python -m reidray.run all | embed | score | report | datasets | models``.
+"""The command line: ``python -m reidray.run all | embed | score | report | serve | datasets | models``.
 
 Every command takes the same grid options (a job file, a data root, an output root, model and
 dataset names, the Ray address); options given on the command line override the job file.
@@ -158,6 +158,31 @@ def models_() -> None:
         available, where = weights_status(name)
         status = "ready" if available else "missing"
         say(f"{name:24s} {spec.paradigm:17s} {spec.params_m:8.1f}M  {status:8s} {where}")
+
+
+@app.command()
+@user_errors
+def serve(
+    out: OutOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on; beyond loopback a token is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    token: Annotated[Optional[str], typer.Option(
+        envvar="REIDRAY_SERVE_TOKEN", show_envvar=True, help="Bearer token every request but /healthz must carry.")] = None,
+    job: JobOpt = None,
+    address: AddressOpt = None,
+    random_init: RandomOpt = False,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body accepted (413 beyond).")] = 10.0,
+    max_models: Annotated[int, typer.Option(help="Encoders kept loaded per replica (least recently used evicted).")] = 3,
+    num_gpus: Annotated[Optional[float], typer.Option(
+        help="GPUs per encoder replica; default: 1 if the cluster has GPUs.")] = None,
+) -> None:
+    """Serve the encoders and the stored galleries over HTTP (Ray Serve) until Ctrl-C."""
+    from reidray.serve.cli import serve_command
+
+    config = build_job(job, None, out, None, None, random_init)
+    serve_command(config.output, host, port, token, address=address, random_init=config.random_init,
+                  weights={e.name: e.weights for e in config.models if e.weights}, max_upload_mb=max_upload_mb,
+                  max_models=max_models, num_gpus=num_gpus, say=say)
 
 
 def _finish(failures: list[str]) -> None:

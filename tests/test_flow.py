@@ -122,7 +122,7 @@ def test_an_image_that_does_not_decode_fails_its_cell_by_name(ray_session, tmp_p
     assert not list(out.glob("results/*.parquet"))
 
 
-@pytest.mark.parametrize("command", ["all", "embed", "score", "report", "datasets", "models"])
+@pytest.mark.parametrize("command", ["all", "embed", "score", "report", "serve", "datasets", "models"])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output

@@ -76,9 +76,9 @@ def worker_reidray(p: Problem, args: argparse.Namespace) -> dict:
     from reidray.score import evaluate
     from reidray.score.metrics import CHUNK_ELEMENTS
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     m = evaluate(p.qf, p.gf, p.q_pids, p.g_pids, p.q_camids, p.g_camids, metric="cosine", device=args.device)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     rss = peak_rss_gb()
     rows = max(1, CHUNK_ELEMENTS // len(p.gf))
     q, g = torch.nn.functional.normalize(p.qf, dim=1), torch.nn.functional.normalize(p.gf, dim=1)
@@ -89,7 +89,7 @@ def worker_reidray(p: Problem, args: argparse.Namespace) -> dict:
         for start in range(0, len(q), rows):
             product(q[start : start + rows])
         floors[name] = time.perf_counter() - t0
-    return {"seconds": seconds, "numpy_mm_seconds": floors["numpy"], "torch_mm_seconds": floors["torch"], "peak_rss_gb": rss, "mAP": m["mAP"],
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "numpy_mm_seconds": floors["numpy"], "torch_mm_seconds": floors["torch"], "peak_rss_gb": rss, "mAP": m["mAP"],
             "rank1": float(m["cmc"][0]), "mINP": m["mINP"], "n_query_scored": m["n_query_scored"]}
 
 
@@ -104,12 +104,12 @@ def worker_torchreid(p: Problem, args: argparse.Namespace) -> dict:
     n = min(args.torchreid_queries or SIZES[args.size][5] or len(p.qf), len(p.qf))
     qn, gn = torch.nn.functional.normalize(p.qf[:n], dim=1), torch.nn.functional.normalize(p.gf, dim=1)
     distmat = (1 - qn @ gn.T).numpy()  # torchreid's cosine distance; not timed
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cmc, mAP = eval_market1501(distmat, p.q_pids[:n], p.g_pids, p.q_camids[:n], p.g_camids, 50)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     rss = peak_rss_gb()
     ours = evaluate(p.qf[:n], p.gf, p.q_pids[:n], p.g_pids, p.q_camids[:n], p.g_camids, metric="cosine", device="cpu")
-    return {"seconds": seconds * len(p.qf) / n, "measured_queries": n, "peak_rss_gb": rss, "mAP": float(mAP),
+    return {"seconds": seconds * len(p.qf) / n, "cpu_seconds": cpu_seconds * len(p.qf) / n, "measured_queries": n, "peak_rss_gb": rss, "mAP": float(mAP),
             "diff_mAP": abs(float(mAP) - ours["mAP"]), "diff_cmc": float(np.abs(cmc - ours["cmc"]).max())}
 
 
@@ -143,22 +143,32 @@ def main() -> None:
         return
 
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"features {args.features} (noise {args.noise})")
+          f"features {args.features} (noise {args.noise}); seconds are wall (process CPU)")
     print("| problem (queries x gallery) | reidray, features -> metrics | chunked matmul alone: numpy, torch "
-          "| torchreid eval_market1501 (given distances) | speed-up | reidray peak RSS | torchreid peak RSS "
-          "| mAP, rank-1, mINP | max diff vs torchreid (mAP, CMC) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| torchreid eval_market1501 (given distances) | speed-up (wall) | reidray peak RSS | torchreid peak RSS "
+          "| mAP, rank-1, mINP | max diff vs torchreid (mAP, CMC) | load average after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         n_q, n_g = SIZES[size][:2]
         ours = run_worker("reidray", size, args)
         ref = None if args.skip_torchreid else run_worker("torchreid", size, args)
-        scaled = "" if ref is None or ref["measured_queries"] == n_q else f" (extrap. from {ref['measured_queries']} queries)"
-        print(f"| {NAMES[size]} ({n_q:,} x {n_g:,}) | {ours['seconds']:.2f} s | {ours['numpy_mm_seconds']:.2f} s, {ours['torch_mm_seconds']:.2f} s "
-              + (f"| {ref['seconds']:.1f} s{scaled} | {ref['seconds'] / ours['seconds']:.0f}x " if ref else "| - | - ")
-              + f"| {ours['peak_rss_gb']:.2f} GB | " + (f"{ref['peak_rss_gb']:.2f} GB " if ref else "- ")
-              + f"| {ours['mAP']:.3f}, {ours['rank1']:.3f}, {ours['mINP']:.3f} "
-              + (f"| {ref['diff_mAP']:.1e}, {ref['diff_cmc']:.1e} |" if ref else "| - |"), flush=True)
-
+        cells = [
+            f"{NAMES[size]} ({n_q:,} x {n_g:,})",
+            f"{ours['seconds']:.2f} s ({ours['cpu_seconds']:.2f} s)",
+            f"{ours['numpy_mm_seconds']:.2f} s, {ours['torch_mm_seconds']:.2f} s",
+            "-", "-",
+            f"{ours['peak_rss_gb']:.2f} GB", "-",
+            f"{ours['mAP']:.3f}, {ours['rank1']:.3f}, {ours['mINP']:.3f}",
+            "-",
+            " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        ]
+        if ref:
+            scaled = "" if ref["measured_queries"] == n_q else f", extrap. from {ref['measured_queries']} queries"
+            cells[3] = f"{ref['seconds']:.1f} s ({ref['cpu_seconds']:.1f} s{scaled})"
+            cells[4] = f"{ref['seconds'] / ours['seconds']:.0f}x"
+            cells[6] = f"{ref['peak_rss_gb']:.2f} GB"
+            cells[8] = f"{ref['diff_mAP']:.1e}, {ref['diff_cmc']:.1e}"
+        print("| " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -38,7 +38,9 @@ HUE_BINS, SAT_BINS, VAL_BINS = 12, 4, 6
 ORI_BINS, MAG_BINS, SILTP_CODES = 8, 4, 81
 SILTP_TAU = 0.15  # relative margin: a neighbour must be 15% brighter/darker to count
 # Weights of the feature families in the final vector, chosen on reidray-synth renders (150 ids x
-# 6 cameras): colour alone reaches ~0.30 mAP there, colour + texture at these weights ~0.36.
+# 6 cameras x 2 shots, every crop a query against the other cameras): colour alone gives 0.30 mAP,
+# colour + texture at these weights 0.36 mAP / 0.76 rank-1 (raw 16x8 pixels: 0.11 / 0.35; the
+# random control: 0.01 / 0.01).
 FAMILY_WEIGHTS = {"hue": 1.0, "sat_val": 1.0, "ori": 1.2, "mag": 0.8, "siltp": 1.8}
 _EPS = 1e-6
 

@@ -54,7 +54,7 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "adhoc"
     data_root: str | None = None
-    output: str = "out"
+    output: str = Field(default_factory=lambda: default_output())
     models: list[ModelEntry] = Field(default_factory=list)
     datasets: list[str] = Field(default_factory=list)
     dataset_options: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from reidray import datasets, models
 from reidray.config import SYNTHETIC, JobConfig
@@ -27,6 +28,7 @@ class Grid:
     models: list[str]
     datasets: dict[str, Path]  # name -> data root to load it from
     skipped: list[str] = field(default_factory=list)
+    uploaded: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (local dir, URI of its copy)
 
 
 def connect(address: str | None) -> None:
@@ -48,7 +50,7 @@ def synthetic_root(store: Store) -> Path:
 
 def resolve_grid(job: JobConfig, store: Store, say: Say) -> Grid:
     """Pick datasets and models: what was asked for, or everything that can run here."""
-    chosen_datasets = _resolve_datasets(job, store, say)
+    chosen_datasets, uploaded = _resolve_datasets(job, store, say)
     requested = [entry.name for entry in job.models]
     for name in requested:
         models.get(name)  # unknown names fail before any work
@@ -67,10 +69,10 @@ def resolve_grid(job: JobConfig, store: Store, say: Say) -> Grid:
         say(line)
     if not runnable:
         raise ReidrayError("no model can run: every requested model lacks weights (see the lines above)")
-    return Grid(models=runnable, datasets=chosen_datasets, skipped=skipped)
+    return Grid(models=runnable, datasets=chosen_datasets, skipped=skipped, uploaded=uploaded)
 
 
-def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> dict[str, Path]:
+def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
     if job.data_root is not None and not Path(job.data_root).is_dir():
         raise ReidrayError(f"data root {job.data_root} does not exist or is not a folder")
     for name in job.datasets:
@@ -78,19 +80,36 @@ def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> dict[str, Path]
     found = datasets.discover(job.data_root) if job.data_root else {}
     wanted = job.datasets or (sorted(found) if found else [SYNTHETIC])
     chosen: dict[str, Path] = {}
+    uploaded: dict[str, tuple[str, str]] = {}
     for name in wanted:
         if name == SYNTHETIC and SYNTHETIC not in found:
             root = Path(job.data_root) if job.data_root else synthetic_root(store)
             say(f"synthetic dataset {SYNTHETIC}: generating (or reusing) under {root}")
-            datasets.synth.generate(root, **job.synthetic)
+            local = datasets.synth.generate(root, **job.synthetic)
             chosen[name] = root
+            if "://" in store.root:  # workers on other nodes cannot see this machine's disk
+                uploaded[name] = (str(local), _upload(store, local, say))
         elif name in found:
             chosen[name] = Path(job.data_root)
         elif job.data_root is None:
             raise ReidrayError(f"dataset {name} needs a data root: pass --data-root with the folder holding it")
         else:
             raise ReidrayError(f"dataset {name} was not found under {job.data_root}; run `python -m reidray.run datasets --data-root {job.data_root}` to see what is there")
-    return chosen
+    return chosen, uploaded
+
+
+def _upload(store: Store, local: Path, say: Say) -> str:
+    """Copy a generated dataset into the output root once, so every node reads the same files."""
+    from pyarrow.fs import LocalFileSystem, copy_files
+
+    marker = (local / datasets.synth.MARKER).read_bytes()
+    dest = store.path("data", local.name)
+    if not store.exists(f"{dest}/{datasets.synth.MARKER}") or store.read_bytes(f"{dest}/{datasets.synth.MARKER}") != marker:
+        say(f"synthetic dataset: copying to {store.uri('data', local.name)} for the cluster's workers")
+        store.clear_dir(dest)
+        copy_files(str(local), dest, source_filesystem=LocalFileSystem(), destination_filesystem=store.fs)
+        store.write_bytes(f"{dest}/{datasets.synth.MARKER}", marker)  # last: the copy is complete
+    return store.uri("data", local.name)
 
 
 def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dict[str, pa.Table]:
@@ -98,6 +117,10 @@ def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dic
     manifests = {}
     for name, root in grid.datasets.items():
         table = datasets.load(name, root, **job.dataset_options.get(name, {}))
+        if name in grid.uploaded:  # read the images from the shared copy
+            local, uri = grid.uploaded[name]
+            table = table.set_column(table.schema.get_field_index("path"), "path",
+                                     pc.replace_substring(table.column("path"), local, uri, max_replacements=1))
         store.write_table(store.manifest_path(name), table)
         say(f"dataset {name}: {table.num_rows:,} images")
         manifests[name] = table

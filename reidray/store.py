@@ -45,7 +45,9 @@ class Store:
             if "://" in root:
                 fs, base = pafs.FileSystem.from_uri(root)
             else:
+                # absolute, so Ray workers (whose working directory differs) find the same place
                 fs, base = pafs.LocalFileSystem(), _absolute(root)
+                root = base
         except (pa.ArrowInvalid, OSError) as exc:
             raise ReidrayError(f"output root {root!r} cannot be opened: {exc}") from exc
         store = cls(root=root, fs=fs, base=base.rstrip("/"))
@@ -70,7 +72,9 @@ class Store:
     def uri(self, *parts: str) -> str:
         """A path other processes (Ray workers, Polars) can open: the URI form for remote roots."""
         if "://" in self.root:
-            return "/".join([self.root.rstrip("/"), *parts])
+            location, _, options = self.root.partition("?")  # e.g. ?endpoint_override=... for MinIO
+            uri = "/".join([location.rstrip("/"), *parts])
+            return f"{uri}?{options}" if options else uri
         return self.path(*parts)
 
     # --- layout -------------------------------------------------------------------------

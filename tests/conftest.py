@@ -9,6 +9,9 @@ import pytest
 # Ray's token auth must be the same for every Ray command of a session; tests run without it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# No model hub is reachable in tests: never try to download weights.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("REIDRAY_DOWNLOAD", "0")
 
 
 @pytest.fixture(scope="session")

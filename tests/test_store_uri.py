@@ -86,12 +86,18 @@ def test_the_quick_job_writes_to_a_file_uri_root_and_polars_reads_the_results(ra
         marker = store.cell_marker(model, dataset)
         assert marker is not None and marker["n_images"] == pl.read_parquet(
             f"{root}/embeddings/{model}/{dataset}/*.parquet").height
-    # A bucket holds outputs only: the synthetic images were made in the local cache, not under the root.
-    assert not (out / "data").exists()
+    # The synthetic images are made in the local cache, then copied once under the root, and the
+    # manifest points the workers (on any node) at that shared copy.
     assert (tmp_path / "cache" / "data").is_dir()
+    manifest = pl.read_parquet(f"{root}/manifests/reidray-synth.parquet")
+    assert manifest["path"].str.starts_with(f"{root}/data/reidray-synth/").all()
+    copied = {p.relative_to(out / "data" / "reidray-synth").as_posix()
+              for p in (out / "data" / "reidray-synth").rglob("*.jpg")}
+    assert set(manifest["image_id"]) <= copied
 
     # Resuming works through the URI too: complete cells are found and skipped.
     again = runner.invoke(app, ["all", "--job", str(QUICK), "--out", root], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     for model, dataset in expected:
         assert f"embed {model}/{dataset}: complete already" in again.output
+    assert "copying to" not in again.output

@@ -99,7 +99,7 @@ def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mode
     flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
     manifests = flow.prepare_manifests(grid, config, store, say)
     failures = flow.embed_and_score(grid, manifests, config, store, say)
-    if config.report:
+    if config.report and store.list_files(store.results_dir(), ".parquet"):
         flow.write_report(store, say)
     _finish(failures)
 

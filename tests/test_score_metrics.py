@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reidray.errors import CellError, UnknownNameError
-from reidray.score import evaluate
+from reidray.score import evaluate, evaluate_distances
 from reidray.score.metrics import _positive_ranks_rows, _positive_ranks_sorted
 
 with warnings.catch_warnings():
@@ -70,7 +70,7 @@ def safe_max_rank(p: dict) -> int:
     """torchreid needs every query's kept gallery to reach max_rank (else its arrays are ragged)."""
     n_kept = (~p["g_junk"]).sum() - max(
         ((p["g_pids"] == q) & (p["g_camids"] == c) & ~p["g_junk"] & ~p["g_distractor"]).sum()
-        for q, c in zip(p["q_pids"], p["q_camids"])
+        for q, c in zip(p["q_pids"], p["q_camids"], strict=True)
     )
     return int(min(50, n_kept))
 
@@ -119,11 +119,44 @@ def test_equals_torchreid_in_float32_with_exact_distances(seed: int, metric: str
     assert_same(ours, *torchreid_reference(p, dist, max_rank))
 
 
+@pytest.mark.parametrize("seed", range(15))
+def test_a_given_distance_matrix_scores_as_in_torchreid(seed: int) -> None:
+    """The same float32 matrix into both evaluators: nothing but the ranking logic differs."""
+    p = random_problem(300 + seed, dtype=np.float32)
+    dist = compute_distance_matrix(torch.from_numpy(p["qf"]), torch.from_numpy(p["gf"]), "euclidean").numpy()
+    assert all(len(np.unique(row)) == len(row) for row in dist), "a tie: pick another seed"
+    max_rank = safe_max_rank(p)
+    if brute_force(p, dist, max_rank)["n_query_scored"] == 0:
+        pytest.skip("no valid query in this draw")
+    ours = evaluate_distances(dist, *args(p)[2:], max_rank=max_rank, g_junk=p["g_junk"], g_distractor=p["g_distractor"])
+    assert_same(ours, *torchreid_reference(p, dist, max_rank))
+    assert abs(ours["mINP"] - brute_force(p, dist, max_rank)["mINP"]) < TOL
+
+
+def test_features_and_their_distance_matrix_score_the_same() -> None:
+    p = random_problem(8)
+    kwargs = {"g_junk": p["g_junk"], "g_distractor": p["g_distractor"], "chunk_size": 5}
+    for metric in ("cosine", "euclidean"):
+        dist = compute_distance_matrix(torch.from_numpy(p["qf"]), torch.from_numpy(p["gf"]), metric)
+        from_features = evaluate(*args(p), metric=metric, **kwargs)
+        from_matrix = evaluate_distances(dist, *args(p)[2:], **kwargs)
+        assert from_matrix["mAP"] == pytest.approx(from_features["mAP"], abs=1e-12)
+        np.testing.assert_allclose(from_matrix["cmc"], from_features["cmc"], atol=1e-12)
+
+
+def test_a_bad_distance_matrix_fails_the_cell() -> None:
+    p = random_problem(2)
+    dist = np.random.default_rng(0).random((len(p["qf"]), len(p["gf"])))
+    with pytest.raises(CellError, match="cell x: query pids must be"):
+        evaluate_distances(dist[1:], *args(p)[2:], cell="x")
+    dist[3, 4] = np.nan
+    with pytest.raises(CellError, match="cell x: the distance matrix contains NaN"):
+        evaluate_distances(dist, *args(p)[2:], cell="x")
+
+
 def test_chunking_does_not_change_the_result() -> None:
     p = random_problem(3)
-    results = [
-        evaluate(*args(p), metric="cosine", g_junk=p["g_junk"], chunk_size=size) for size in (1, 4, None)
-    ]
+    results = [evaluate(*args(p), metric="cosine", g_junk=p["g_junk"], chunk_size=size) for size in (1, 4, None)]
     for r in results[1:]:
         assert r["mAP"] == pytest.approx(results[0]["mAP"], abs=1e-12)
         np.testing.assert_allclose(r["cmc"], results[0]["cmc"], atol=1e-12)
@@ -229,7 +262,10 @@ def test_skipped_queries_are_counted() -> None:
 @pytest.mark.parametrize(
     "change, cause",
     [
-        (lambda p: {"qf": np.where(np.arange(p["qf"].size).reshape(p["qf"].shape) == 3, np.nan, p["qf"])}, "NaN or infinite"),
+        (
+            lambda p: {"qf": np.where(np.arange(p["qf"].size).reshape(p["qf"].shape) == 3, np.nan, p["qf"])},
+            "NaN or infinite",
+        ),
         (lambda p: {"gf": np.full_like(p["gf"], np.inf)}, "NaN or infinite"),
         (lambda p: {"gf": p["gf"][:, :8]}, "dimension 16 but gallery features have 8"),
         (lambda p: {"qf": p["qf"][:0], "q_pids": p["q_pids"][:0], "q_camids": p["q_camids"][:0]}, "query set is empty"),

@@ -11,8 +11,21 @@ from reidray.score import evaluate
 from reidray.score.protocols import PROTOCOLS, score_cell
 
 DIM = 8
-ROW_KEYS = {"protocol", "trial", "aggregate", "mAP", "rank1", "rank5", "rank10", "rank20", "mINP", "cmc",
-            "n_query", "n_query_scored", "n_gallery"}  # fmt: skip
+ROW_KEYS = {
+    "protocol",
+    "trial",
+    "aggregate",
+    "mAP",
+    "rank1",
+    "rank5",
+    "rank10",
+    "rank20",
+    "mINP",
+    "cmc",
+    "n_query",
+    "n_query_scored",
+    "n_gallery",
+}
 
 
 def make_table(n: int = 240, n_ids: int = 20, n_cams: int = 4, seed: int = 0, **columns) -> pa.Table:
@@ -48,8 +61,18 @@ def direct(table: pa.Table, q: np.ndarray, g: np.ndarray, **kwargs) -> dict:
 
 
 def test_every_dataset_has_a_protocol() -> None:
-    assert set(PROTOCOLS) == {"reidray-synth", "market1501", "dukemtmcreid", "msmt17", "cuhk03", "grid",
-                              "celebreid", "pku", "last", "iust"}  # fmt: skip
+    assert set(PROTOCOLS) == {
+        "reidray-synth",
+        "market1501",
+        "dukemtmcreid",
+        "msmt17",
+        "cuhk03",
+        "grid",
+        "celebreid",
+        "pku",
+        "last",
+        "iust",
+    }
 
 
 @pytest.mark.parametrize("dataset", ["reidray-synth", "market1501", "dukemtmcreid", "msmt17", "cuhk03", "pku", "iust"])
@@ -107,10 +130,19 @@ def grid_table(n: int = 300, empty_trial: int | None = None) -> tuple[pa.Table, 
     distractor = rng.random(n) < 0.3
     if empty_trial is not None:
         member[:, empty_trial] = False
-    trials = pa.array([list(np.flatnonzero(m)) if not d else [] for m, d in zip(member, distractor)],
-                      type=pa.list_(pa.int8()))  # fmt: skip
-    table = make_table(n=n, n_ids=40, n_cams=8, seed=2, grid_trials=trials, is_distractor=distractor,
-                       pid=np.where(distractor, 0, np.random.default_rng(2).integers(1, 41, n)))  # fmt: skip
+    trials = pa.array(
+        [list(np.flatnonzero(m)) if not d else [] for m, d in zip(member, distractor, strict=True)],
+        type=pa.list_(pa.int8()),
+    )
+    table = make_table(
+        n=n,
+        n_ids=40,
+        n_cams=8,
+        seed=2,
+        grid_trials=trials,
+        is_distractor=distractor,
+        pid=np.where(distractor, 0, np.random.default_rng(2).integers(1, 41, n)),
+    )
     return table, member & ~distractor[:, None]
 
 
@@ -145,7 +177,9 @@ def test_embedding_columns_of_other_shapes_and_chunked_tables() -> None:
     [reference] = score_cell("market1501", table, "cosine")
     f = features(table)
     as_list = table.set_column(6, "embedding", pa.array(list(f), type=pa.list_(pa.float32())))
-    half = table.set_column(6, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(f.ravel().astype(np.float16)), DIM))
+    half = table.set_column(
+        6, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(f.ravel().astype(np.float16)), DIM)
+    )
     chunked = pa.concat_tables([table.slice(0, 100), table.slice(100)])
     assert score_cell("market1501", as_list, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"])
     assert score_cell("market1501", chunked, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"])

@@ -30,7 +30,11 @@ def read_image(path: str) -> Image.Image:
         return image.convert("RGB")
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"image {path} does not exist; was the dataset moved after parsing?") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"image {path} does not decode (not an image format PIL reads); replace or remove the file"
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise ImageDecodeError(
             f"image {path} does not decode ({type(exc).__name__}: {exc}); replace or remove the file"
         ) from exc

@@ -12,6 +12,7 @@ a crash ends with exactly one row per image.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -112,14 +113,25 @@ def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> r
     )
 
 
+_REMOTE_ERROR = re.compile(r"^reidray\.errors\.\w+: (.+)$", re.MULTILINE)
+
+
 def user_error(exc: BaseException) -> ReidrayError | None:
-    """The reidray error a Ray failure wraps, if any (Ray chains user exceptions as causes)."""
+    """The reidray error a Ray failure wraps, if any.
+
+    Ray chains a task's exception as ``cause``; Ray Data's ``UserCodeException`` keeps only the
+    remote traceback's text, so the error's own line is read back from it.
+    """
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ReidrayError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ReidrayError):
+            return current
+        found = _REMOTE_ERROR.findall(str(current))
+        if found:
+            return ReidrayError(found[-1])
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
     return None
 
 

@@ -1,6 +1,7 @@
 """Scoring: exact metric kernels (``metrics``) and the evaluation protocol of each dataset
-(``protocols``). ``evaluate`` is the public entry point for one query set against one gallery."""
+(``protocols``). ``evaluate`` scores one query set against one gallery from features;
+``evaluate_distances`` does the same from a distance matrix computed elsewhere."""
 
-from reidray.score.metrics import evaluate
+from reidray.score.metrics import evaluate, evaluate_distances
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_distances"]

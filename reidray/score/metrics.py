@@ -28,7 +28,9 @@ each row's few candidates are sorted with numpy.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,12 +64,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score one query set against one gallery; see the module docstring for the method.
 
-    ``qf``/``gf`` are [N, D] numpy arrays or torch tensors (float16/32 are scored in float32,
-    float64 in float64). ``metric`` is ``cosine`` (features are L2-normalised here) or
+    ``qf``/``gf`` are [N, D] numpy arrays or torch tensors (scored in float32, or in float64 when
+    both are float64). ``metric`` is ``cosine`` (features are L2-normalised here) or
     ``euclidean`` (squared, which ranks the same). The Market rule: gallery items with the query's
     pid *and* camera are removed (``camera_filter=False`` keeps them as positives, for datasets
     without cameras); ``g_junk`` items are ignored entirely; ``g_distractor`` items are never a
-    match, only negatives. Queries left without a positive are skipped and counted.
+    match, only negatives. Queries left without a positive are skipped and counted. ``device``
+    defaults to CUDA when present; ``chunk_size`` (queries per chunk) to 2**24 distances a chunk.
 
     Returns ``mAP``, ``mINP`` (floats in [0, 1]), ``cmc`` (float64 array of ``max_rank``:
     ``cmc[r-1]`` = fraction of scored queries whose first match is within rank r), ``n_query``,
@@ -76,10 +79,6 @@ def evaluate(
     """
     if metric not in METRICS:
         raise UnknownNameError("metric", metric, list(METRICS))
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be at least 1, got {max_rank}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
     qf, q_largest = _features(qf, "query", cell)
     gf, g_largest = _features(gf, "gallery", cell)
     if qf.shape[1] != gf.shape[1]:
@@ -93,47 +92,119 @@ def evaluate(
             f"cell {cell}: features are too large to score in {dtype} (their squared norms "
             "overflow); the embeddings are corrupt or unscaled"
         )
-    q_pids = _labels(q_pids, len(qf), "query pids", cell)
-    g_pids = _labels(g_pids, len(gf), "gallery pids", cell)
-    if camera_filter:
-        q_camids = _labels(q_camids, len(qf), "query camids", cell)
-        g_camids = _labels(g_camids, len(gf), "gallery camids", cell)
-        if (q_camids < 0).any() or (g_camids < 0).any():
-            raise CellError(
-                f"cell {cell}: the Market rule removes same-camera matches, but the dataset has "
-                "no camera ids (camid -1); use a protocol without camera filtering for it"
-            )
-    else:  # every same-pid gallery item is a positive: give each a camera no query has
-        q_camids = np.full(len(qf), -1, dtype=np.int64)
-        g_camids = np.zeros(len(gf), dtype=np.int64)
+    labels = _Labels.check(
+        q_pids, g_pids, q_camids, g_camids, len(qf), len(gf), g_junk, g_distractor, camera_filter, cell
+    )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gallery = _Gallery(gf if labels.keep is None else gf[torch.from_numpy(labels.keep)], metric, dtype, device)
+    return _score(labels, lambda start, stop: gallery.distances(qf[start:stop]), max_rank, chunk_size, cell)
 
-    junk = np.zeros(len(gf), bool) if g_junk is None else _mask(g_junk, len(gf), "gallery junk mask", cell)
-    if g_distractor is not None:  # one pid below every real one: never equal to a query's
-        distractor = _mask(g_distractor, len(gf), "gallery distractor mask", cell)
-        sentinel = min(int(q_pids.min(initial=0)), int(g_pids.min(initial=0))) - 1
-        g_pids = np.where(distractor, sentinel, g_pids)
-    if junk.any():
-        keep = ~junk
-        gf, g_pids, g_camids = gf[torch.from_numpy(keep)], g_pids[keep], g_camids[keep]
-    if len(qf) == 0 or len(gf) == 0:
-        empty = "query" if len(qf) == 0 else "gallery"
-        raise CellError(f"cell {cell}: the {empty} set is empty; check the dataset's split")
 
-    gallery = _Gallery(gf, metric, dtype, device)
-    groups = _SamePid(q_pids, g_pids, g_camids)
-    rows = chunk_size or max(1, CHUNK_ELEMENTS // len(gf))
+def evaluate_distances(
+    distmat: Any,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    max_rank: int = 50,
+    *,
+    g_junk: Any = None,
+    g_distractor: Any = None,
+    camera_filter: bool = True,
+    chunk_size: int | None = None,
+    cell: str = "evaluate",
+) -> dict[str, Any]:
+    """``evaluate`` for a distance matrix someone else computed (re-ranking, another library's
+    metric): [Nq, Ng], smaller = more similar, finite, a numpy array or a torch tensor on any
+    device. The same rules, ties and result; the matrix is read one chunk at a time."""
+    with warnings.catch_warnings():  # read-only arrays are fine: inputs are never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        dist = torch.as_tensor(distmat).detach()
+    if dist.ndim != 2:
+        raise CellError(f"cell {cell}: the distance matrix must be 2-D [Nq, Ng], got shape {tuple(dist.shape)}")
+    labels = _Labels.check(
+        q_pids, g_pids, q_camids, g_camids, dist.shape[0], dist.shape[1], g_junk, g_distractor, camera_filter, cell
+    )
+    if not torch.isfinite(dist).all():
+        raise CellError(f"cell {cell}: the distance matrix contains NaN or infinite values")
+    if labels.keep is None:
+        return _score(labels, lambda start, stop: dist[start:stop], max_rank, chunk_size, cell)
+    keep = torch.from_numpy(labels.keep).to(dist.device)
+    return _score(labels, lambda start, stop: dist[start:stop][:, keep], max_rank, chunk_size, cell)
 
+
+@dataclass(frozen=True)
+class _Labels:
+    """Checked labels, after the protocol-independent rules: junk dropped (``keep``: the gallery
+    columns kept, None if all), distractors given a pid no query has, cameras made irrelevant
+    when camera filtering is off."""
+
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_camids: np.ndarray
+    g_camids: np.ndarray
+    keep: np.ndarray | None
+
+    @classmethod
+    def check(
+        cls,
+        q_pids: Any,
+        g_pids: Any,
+        q_camids: Any,
+        g_camids: Any,
+        n_query: int,
+        n_gallery: int,
+        g_junk: Any,
+        g_distractor: Any,
+        camera_filter: bool,
+        cell: str,
+    ) -> _Labels:
+        q_pids = _integers(q_pids, n_query, "query pids", cell)
+        g_pids = _integers(g_pids, n_gallery, "gallery pids", cell)
+        if camera_filter:
+            q_camids = _integers(q_camids, n_query, "query camids", cell)
+            g_camids = _integers(g_camids, n_gallery, "gallery camids", cell)
+            if (q_camids < 0).any() or (g_camids < 0).any():
+                raise CellError(
+                    f"cell {cell}: the Market rule removes same-camera matches, but the dataset has "
+                    "no camera ids (camid -1); use a protocol without camera filtering for it"
+                )
+        else:  # every same-pid gallery item is a positive: give each a camera no query has
+            q_camids, g_camids = np.full(n_query, -1, dtype=np.int64), np.zeros(n_gallery, dtype=np.int64)
+        if g_distractor is not None:  # one pid below every real one: never equal to a query's
+            distractor = _booleans(g_distractor, n_gallery, "gallery distractor mask", cell)
+            g_pids = np.where(distractor, min(q_pids.min(initial=0), g_pids.min(initial=0)) - 1, g_pids)
+        keep = None if g_junk is None else ~_booleans(g_junk, n_gallery, "gallery junk mask", cell)
+        if keep is not None and keep.all():
+            keep = None
+        if keep is not None:
+            g_pids, g_camids = g_pids[keep], g_camids[keep]
+        if n_query == 0 or len(g_pids) == 0:
+            empty = "query" if n_query == 0 else "gallery"
+            raise CellError(f"cell {cell}: the {empty} set is empty; check the dataset's split")
+        return cls(q_pids, g_pids, q_camids, g_camids, keep)
+
+
+def _score(
+    labels: _Labels, distances: Callable[[int, int], torch.Tensor], max_rank: int, chunk_size: int | None, cell: str
+) -> dict[str, Any]:
+    """The metrics, from query chunks of the distance matrix (``distances(start, stop)``)."""
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be at least 1, got {max_rank}")
+    n_query, n_gallery = len(labels.q_pids), len(labels.g_pids)
+    groups = _SamePid(labels.q_pids, labels.g_pids, labels.g_camids)
+    rows = chunk_size or max(1, CHUNK_ELEMENTS // n_gallery)
     first_rank_counts = np.zeros(max_rank + 1, dtype=np.int64)  # last bin: beyond max_rank
     ap_sum = inp_sum = 0.0
     n_scored = 0
-    for start in range(0, len(qf), rows):
-        stop = min(start + rows, len(qf))
-        same, is_pos = groups.block(start, stop, q_camids[start:stop])
+    for start in range(0, n_query, rows):
+        stop = min(start + rows, n_query)
+        same, is_pos = groups.block(start, stop, labels.q_camids[start:stop])
         n_pos = is_pos.sum(axis=1)
         scored = n_pos > 0
         if not scored.any():
             continue
-        dist = gallery.distances(qf[start:stop])
+        dist = distances(start, stop)
         if dist.device.type == "cpu":
             ranks = _positive_ranks_rows(dist.numpy(), same, is_pos)
         else:
@@ -144,19 +215,18 @@ def evaluate(
         inp_sum += float((n_pos / ranks[np.arange(len(ranks)), n_pos - 1]).sum())
         first_rank_counts += np.bincount(np.minimum(ranks[:, 0], max_rank + 1) - 1, minlength=max_rank + 1)
         n_scored += len(ranks)
-
     if n_scored == 0:
         raise CellError(
-            f"cell {cell}: none of the {len(qf)} queries has a valid match in the gallery "
-            f"({len(gf)} items); check that query and gallery share identities and cameras differ"
+            f"cell {cell}: none of the {n_query} queries has a valid match in the gallery "
+            f"({n_gallery} items); check that query and gallery share identities and cameras differ"
         )
     return {
         "mAP": ap_sum / n_scored,
         "mINP": inp_sum / n_scored,
         "cmc": np.cumsum(first_rank_counts[:max_rank]) / n_scored,
-        "n_query": len(qf),
+        "n_query": n_query,
         "n_query_scored": n_scored,
-        "n_gallery": len(gf),
+        "n_gallery": n_gallery,
     }
 
 
@@ -260,7 +330,7 @@ def _features(x: Any, name: str, cell: str) -> tuple[torch.Tensor, float]:
     CellError saying what is wrong. One min/max pass: NaN and inf show up in it."""
     with warnings.catch_warnings():  # read-only arrays (e.g. from Arrow) are fine: inputs are never written
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        t = torch.as_tensor(x)
+        t = torch.as_tensor(x).detach()
     if t.ndim != 2:
         raise CellError(f"cell {cell}: {name} features must be a 2-D [N, D] array, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
@@ -277,7 +347,7 @@ def _features(x: Any, name: str, cell: str) -> tuple[torch.Tensor, float]:
     return t, max(-lo, hi)
 
 
-def _labels(x: Any, n: int, name: str, cell: str) -> np.ndarray:
+def _integers(x: Any, n: int, name: str, cell: str) -> np.ndarray:
     """Integer labels as an int64 numpy array of length ``n``."""
     a = x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
@@ -285,7 +355,7 @@ def _labels(x: Any, n: int, name: str, cell: str) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-def _mask(x: Any, n: int, name: str, cell: str) -> np.ndarray:
+def _booleans(x: Any, n: int, name: str, cell: str) -> np.ndarray:
     """A boolean numpy mask of length ``n``."""
     a = x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.shape != (n,) or a.dtype != np.bool_:

@@ -24,8 +24,9 @@ A protocol that needs camera ids refuses a dataset without them (camid -1) inste
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -131,12 +132,23 @@ class _Images:
         )
 
 
-def _score(images: _Images, protocol: str, trial: int, metric: str, cell: str, *, camera_filter: bool) -> dict[str, Any]:
+def _score(
+    images: _Images, protocol: str, trial: int, metric: str, cell: str, *, camera_filter: bool
+) -> dict[str, Any]:
     q, g = images.query, images.gallery
     m = evaluate(
-        images.features[q], images.features[g], images.pid[q], images.pid[g], images.camid[q], images.camid[g],
-        metric=metric, max_rank=MAX_RANK, g_distractor=images.distractor[g], camera_filter=camera_filter, cell=cell,
-    )  # fmt: skip
+        images.features[q],
+        images.features[g],
+        images.pid[q],
+        images.pid[g],
+        images.camid[q],
+        images.camid[g],
+        metric=metric,
+        max_rank=MAX_RANK,
+        g_distractor=images.distractor[g],
+        camera_filter=camera_filter,
+        cell=cell,
+    )
     row: dict[str, Any] = {"protocol": protocol, "trial": trial, "aggregate": False, "mAP": m["mAP"]}
     row.update({f"rank{r}": float(m["cmc"][r - 1]) for r in RANKS})
     row.update(mINP=m["mINP"], cmc=m["cmc"].tolist())

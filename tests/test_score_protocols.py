@@ -203,3 +203,22 @@ def test_bad_tables_fail_the_cell() -> None:
 def test_unknown_dataset_lists_the_known_ones() -> None:
     with pytest.raises(UnknownNameError, match="market1501"):
         score_cell("viper", make_table(), "cosine")
+
+
+@pytest.mark.parametrize("dataset", ["grid", "last", "pku"])
+def test_manifests_from_the_dataset_parsers_score_end_to_end(dataset: str, tmp_path) -> None:
+    """The datasets package's manifests (synthetic release layouts) meet these protocols."""
+    from reidray.datasets import load
+    from reidray.datasets.synth import generate
+
+    generate(tmp_path, n_ids=24, n_cams=4, layout=dataset)
+    manifest = load(dataset, tmp_path)
+    _, identity = np.unique(manifest.column("pid").to_numpy(), return_inverse=True)
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((identity.max() + 1, DIM))[identity] + 0.3 * rng.standard_normal(
+        (len(identity), DIM)
+    )
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(features.astype(np.float32).ravel()), DIM)
+    rows = score_cell(dataset, manifest.append_column("embedding", embedding), "cosine")
+    assert len(rows) == (11 if dataset == "grid" else 1)
+    assert all(r["n_query_scored"] > 0 and r["mAP"] > 0.9 for r in rows)  # identity-coded features

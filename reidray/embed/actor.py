@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,10 @@ class EncoderActor:
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cpu":
+            # Ray pins a worker to one thread; on a CPU-only node this actor is the only encoder
+            # (see embed.pipeline.resources), so let torch use the node's cores.
+            torch.set_num_threads(os.cpu_count() or 1)
         self.encoder = build(model, weights=weights, random_init=random_init, device=self.device).eval()
         self.spec = self.encoder.spec
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -63,5 +64,5 @@ class EncoderActor:
         vectors = self.embed(pixels, camids).cpu().numpy()
         columns = {k: pa.array(np.asarray(batch[k])) for k in PASSTHROUGH}
         if self.tracker is not None:
-            self.tracker.add.remote(len(vectors))
+            self.tracker.add.remote(len(vectors), time.time())
         return pa.table({**columns, "embedding": embedding_array(vectors)})

@@ -23,11 +23,12 @@ class ProgressTracker:
         self.first: tuple[float, int] | None = None  # (when, how many) for the first batch
         self.last = 0.0
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, at: float) -> None:
+        """``n`` images finished at wall-clock time ``at`` (stamped by the actor, not on arrival)."""
         self.done += n
-        self.last = time.monotonic()
-        if self.first is None:
-            self.first = (self.last, n)
+        self.last = max(self.last, at)
+        if self.first is None or at < self.first[0]:
+            self.first = (at, n)
 
     def steady_rate(self) -> float | None:
         """Images/s after the first batch: the pipeline's pace without model loading and warm-up."""

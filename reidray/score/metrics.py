@@ -21,8 +21,10 @@ before it. The rule is deterministic and independent of the gallery's row order,
 collapsed encoder (many equal distances, e.g. half-precision features or a constant output) from
 scoring by luck of the file order.
 
-On a GPU the same ranks come from sorting whole chunk rows on the device (cheap there); on the CPU
-each row's few candidates are sorted with numpy.
+Distances come from features (``evaluate``: chunked products, cosine or Euclidean) or from a
+matrix computed elsewhere (``evaluate_distances``). On a GPU the same ranks come from sorting whole
+chunk rows on the device (cheap there); on the CPU each row's few candidates are sorted with numpy,
+rows shared among torch's threads.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from reidray import datasets, models
 from reidray.config import SYNTHETIC, JobConfig
 from reidray.errors import ReidrayError
-from reidray.store import Store
+from reidray.store import Store, manifest_hash
 
 Say = Callable[[str], None]
 
@@ -145,8 +145,9 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
     graph = ScoreGraph(store)
     failures: list[str] = []
     for dataset, manifest in manifests.items():
+        digest = manifest_hash(manifest)  # once per dataset, not per model
         for group in decode_groups(grid.models):
-            todo = [m for m in group if not is_complete(store, m, dataset, manifest, weights=job.weights_for(m),
+            todo = [m for m in group if not is_complete(store, m, dataset, digest, weights=job.weights_for(m),
                                                         random_init=job.random_init, settings=job.embed)]
             decoded = None
             if job.embed.share_decode and len(todo) > 1:
@@ -161,7 +162,8 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
             for model in group:
                 try:
                     cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
-                                      random_init=job.random_init, settings=job.embed, say=say, decoded=decoded)
+                                      random_init=job.random_init, settings=job.embed, say=say, decoded=decoded,
+                                      manifest_digest=digest)
                 except ReidrayError as exc:
                     failures.append(str(exc))
                     say(f"FAILED {exc}")
@@ -195,8 +197,7 @@ def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str
             if marker is None:
                 failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
                 continue
-            graph.submit(CellEmbedding(model, dataset, marker["fingerprint"], marker["n_images"], marker["dim"],
-                                       marker["embed_seconds"], marker["device"], marker["random_init"], True))
+            graph.submit(CellEmbedding.from_marker(marker, skipped=True))
     graph.collect(wait=True)
     for line in failures + graph.failures:
         say(f"FAILED {line}")

@@ -46,12 +46,18 @@ class CellEmbedding:
     random_init: bool
     skipped: bool
 
+    @classmethod
+    def from_marker(cls, marker: dict, *, skipped: bool) -> CellEmbedding:
+        """A stored cell, as its ``cell.json`` describes it."""
+        return cls(marker["model"], marker["dataset"], marker["fingerprint"], marker["n_images"], marker["dim"],
+                   marker["embed_seconds"], marker["device"], marker["random_init"], skipped)
+
     @property
     def images_per_second(self) -> float:
         return self.n_images / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
-def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest: pa.Table,
+def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
                      precision: str = "fp32") -> str:
     """Everything that changes a cell's embeddings: model facts, weights, precision, the images."""
     spec = get(model)
@@ -63,7 +69,7 @@ def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifes
             "random_init": random_init,
             "precision": precision,
             "preprocess": [spec.input_size, spec.resize, spec.interpolation, spec.mean, spec.std],
-            "manifest": manifest_hash(manifest),
+            "manifest": manifest_digest,
         }
     )
 
@@ -90,10 +96,10 @@ def resources(settings: EmbedSettings) -> Resources:
     return Resources(num_gpus, settings.concurrency, "cuda", precision)
 
 
-def is_complete(store: Store, model: str, dataset: str, manifest: pa.Table, *, weights: str | None,
+def is_complete(store: Store, model: str, dataset: str, manifest_digest: str, *, weights: str | None,
                 random_init: bool, settings: EmbedSettings) -> bool:
     """Whether the stored cell already holds exactly what this run would write."""
-    fp = cell_fingerprint(model, weights, random_init, manifest, resources(settings).precision)
+    fp = cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision)
     return store.cell_complete(model, dataset, fp)
 
 
@@ -146,21 +152,20 @@ def embed_cell(
     settings: EmbedSettings | None = None,
     say: Callable[[str], None] = print,
     decoded: ray.data.Dataset | None = None,
+    manifest_digest: str | None = None,
 ) -> CellEmbedding:
     """Embed one dataset with one model, or skip it when its complete cell is already stored.
 
-    ``decoded`` is the output of :func:`decoded_images` when several models share it.
+    ``decoded`` is the output of :func:`decoded_images` when several models share it;
+    ``manifest_digest`` is ``reidray.store.manifest_hash(manifest)`` when the caller has it already.
     """
     settings = settings or EmbedSettings()
     spec = get(model)
     res = resources(settings)
-    fp = cell_fingerprint(model, weights, random_init, manifest, res.precision)
+    fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision)
     marker = store.cell_marker(model, dataset)
     if marker is not None and marker.get("fingerprint") == fp:
-        return CellEmbedding(
-            model, dataset, fp, marker["n_images"], marker["dim"], marker["embed_seconds"],
-            marker["device"], random_init, skipped=True,
-        )
+        return CellEmbedding.from_marker(marker, skipped=True)
 
     cell_dir = store.cell_dir(model, dataset)
     store.clear_dir(cell_dir)  # drops any half-written attempt, marker included

@@ -4,7 +4,11 @@ For each model, in one run on one device: forward-only = the encoder actor's own
 preprocessed uint8 batches already on the device (same batch size and precision as the
 pipeline); pipeline = ``embed_cell`` from JPEG files through Ray Data (decode tasks → actor pool
 → Parquet), measured after its first batch (steady state, without model loading). The ratio is
-how close the pipeline keeps the encoder busy.
+how close the pipeline keeps the encoder busy. Three more columns say whether the CPU stage keeps
+up: decode/core = the CPU stage's work (read, decode, resize) on one core; cores to feed =
+forward-only / decode per core, the CPU cores a node needs per encoder to keep it busy; encoder
+busy = the share of the encoder actors' time between their first and last batch spent embedding
+rather than waiting for decoded input (``ProgressTracker.busy_fraction``).
 
     python benchmarks/bench_embed.py --models handcrafted,osnet-x1.0,clip-vit-b16 --random-init
     bash .ci/env python benchmarks/bench_embed.py --images 2048 --random-init   # default model set
@@ -68,6 +72,16 @@ def forward_only(model: str, manifest, settings: EmbedSettings, random_init: boo
     return done / (time.perf_counter() - start)
 
 
+def decode_per_core(model: str, manifest, images: int = 256) -> float:
+    """Images/s of the CPU stage's work (read, decode, resize) on one core, in this process."""
+    rows = manifest.slice(0, min(images, manifest.num_rows)).to_pydict()
+    batch = {k: np.asarray(v) for k, v in rows.items()}
+    decode_resize(batch, model)  # warm the file cache, as the pipeline run did
+    start = time.perf_counter()
+    decode_resize(batch, model)
+    return len(batch["path"]) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=DEFAULT_MODELS)
@@ -87,8 +101,9 @@ def main() -> None:
     manifest = manifest.slice(0, min(args.images, manifest.num_rows))
     res = resources(settings)
     print(f"device: {device_name()}; precision {res.precision}; {manifest.num_rows} images per model")
-    print("| model | batch | forward-only img/s | pipeline img/s (steady) | ratio |")
-    print("|---|---|---|---|---|")
+    print("| model | batch | forward-only img/s | pipeline img/s (steady) | ratio | decode/core img/s | cores to feed "
+          "| encoder busy |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
         store = Store.open(os.path.join(work, "out", model))
         cell = embed_cell(store, model, "reidray-synth", manifest, random_init=args.random_init,
@@ -96,8 +111,11 @@ def main() -> None:
         marker = store.cell_marker(model, "reidray-synth")
         pipeline = marker.get("steady_images_per_second") or cell.images_per_second
         ceiling = forward_only(model, manifest, settings, args.random_init, args.forward_seconds)
+        decode = decode_per_core(model, manifest)
         batch = args.batch_size or get(model).batch_size
-        print(f"| {model} | {batch} | {ceiling:.1f} | {pipeline:.1f} | {pipeline / ceiling:.2f} |", flush=True)
+        busy = marker.get("encoder_busy_fraction")
+        print(f"| {model} | {batch} | {ceiling:.1f} | {pipeline:.1f} | {pipeline / ceiling:.2f} | {decode:.0f} | "
+              f"{ceiling / decode:.2f} | {'-' if busy is None else f'{busy:.2f}'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,16 @@ from reidray.errors import ReidrayError
 SYNTHETIC = "reidray-synth"
 
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class ModelEntry(BaseModel):
-    """One model of the grid, with an optional explicit weights file."""
+    """One model of the grid, with an optional explicit weights file and precision."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
     weights: str | None = None
+    precision: Precision | None = Field(default=None, description="overrides embed.precision for this model")
 
 
 class EmbedSettings(BaseModel):
@@ -34,7 +38,7 @@ class EmbedSettings(BaseModel):
     num_gpus: float | None = Field(default=None, ge=0, description="per actor; auto: 1 if GPUs exist")
     concurrency: tuple[int, int] = Field(default=(1, 4), description="actor pool (min, max)")
     decode_batch_size: int = Field(default=64, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         default="auto", description="auto: bf16 autocast on GPUs, fp32 on CPUs"
     )
     share_decode: bool = Field(default=True, description="decode once for models with the same input size")
@@ -46,6 +50,14 @@ class EmbedSettings(BaseModel):
         if not 1 <= value[0] <= value[1]:
             raise ValueError("concurrency must be [min, max] with 1 <= min <= max")
         return value
+
+
+class ScoreSettings(BaseModel):
+    """What each cell's score task asks Ray for: it ranks on every CPU (or the GPU) it is given."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_cpus: float = Field(default=1, gt=0, description="per score task; torch ranks with this many threads")
+    num_gpus: float = Field(default=0, ge=0, description="per score task; > 0 ranks on the GPU")
 
 
 class JobConfig(BaseModel):
@@ -61,6 +73,7 @@ class JobConfig(BaseModel):
     random_init: bool = False
     synthetic: dict[str, int] = Field(default_factory=dict, description="generate() size options")
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
     report: Literal[True, False] = True
 
     @field_validator("models", mode="before")
@@ -71,10 +84,18 @@ class JobConfig(BaseModel):
         return value
 
     def weights_for(self, model: str) -> str | None:
-        for entry in self.models:
-            if entry.name == model:
-                return entry.weights
-        return None
+        entry = self._entry(model)
+        return entry.weights if entry else None
+
+    def embed_for(self, model: str) -> EmbedSettings:
+        """The embed settings of one model: the job's, with the model entry's precision if it has one."""
+        entry = self._entry(model)
+        if entry is None or entry.precision is None:
+            return self.embed
+        return self.embed.model_copy(update={"precision": entry.precision})
+
+    def _entry(self, model: str) -> ModelEntry | None:
+        return next((entry for entry in self.models if entry.name == model), None)
 
 
 def load_job(path: str | Path) -> JobConfig:

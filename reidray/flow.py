@@ -129,26 +129,37 @@ def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dic
 
 def decode_groups(model_names: list[str]) -> list[list[str]]:
     """Models that share an input size and interpolation share one decoded copy of a dataset."""
+    from reidray.models.preprocess import resize_key
+
     groups: dict[tuple, list[str]] = {}
     for name in model_names:
-        spec = models.get(name)
-        groups.setdefault((spec.input_size, spec.resize, spec.interpolation), []).append(name)
+        groups.setdefault(resize_key(models.get(name)), []).append(name)
     return list(groups.values())
+
+
+def _score_graph(store: Store, job: JobConfig, say: Say):
+    """The score stage's task graph, after saying whether its tasks fit any node."""
+    from reidray.score.graph import ScoreGraph, placement_warning
+
+    warning = placement_warning(job.score)
+    if warning:
+        say(f"warning: {warning}")
+    return ScoreGraph(store, job.score)
 
 
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
                     score: bool = True) -> list[str]:
     """Embed every cell and, as each completes, start its score task; returns the failures."""
     from reidray.embed.pipeline import decoded_images, embed_cell, is_complete, user_error
-    from reidray.score.graph import ScoreGraph
+    from reidray.embed.progress import finished_line
 
-    graph = ScoreGraph(store)
+    graph = _score_graph(store, job, say)
     failures: list[str] = []
     for dataset, manifest in manifests.items():
         digest = manifest_hash(manifest)  # once per dataset, not per model
         for group in decode_groups(grid.models):
             todo = [m for m in group if not is_complete(store, m, dataset, digest, weights=job.weights_for(m),
-                                                        random_init=job.random_init, settings=job.embed)]
+                                                        random_init=job.random_init, settings=job.embed_for(m))]
             decoded = None
             if job.embed.share_decode and len(todo) > 1:
                 say(f"decode {dataset} once for {', '.join(todo)}")
@@ -162,8 +173,8 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
             for model in group:
                 try:
                     cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
-                                      random_init=job.random_init, settings=job.embed, say=say, decoded=decoded,
-                                      manifest_digest=digest)
+                                      random_init=job.random_init, settings=job.embed_for(model), say=say,
+                                      decoded=decoded, manifest_digest=digest)
                 except ReidrayError as exc:
                     failures.append(str(exc))
                     say(f"FAILED {exc}")
@@ -171,8 +182,7 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
                 if cell.skipped:
                     say(f"embed {model}/{dataset}: complete already ({cell.n_images:,} images), skipped")
                 else:
-                    say(f"embed {model}/{dataset}: {cell.n_images:,} images in {cell.embed_seconds:.1f} s "
-                        f"({cell.images_per_second:.0f} images/s, {cell.device})")
+                    say(finished_line(cell))
                 if score:
                     graph.submit(cell)
                     graph.collect()
@@ -187,9 +197,8 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
 def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str]:
     """Score every complete stored cell of the grid (the `score` command)."""
     from reidray.embed.pipeline import CellEmbedding
-    from reidray.score.graph import ScoreGraph
 
-    graph = ScoreGraph(store)
+    graph = _score_graph(store, job, say)
     failures = []
     for model in grid.models:
         for dataset in grid.datasets:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from reidray.config import JobConfig, ModelEntry, default_output, load_job
 from reidray.errors import ReidrayError
+
+if TYPE_CHECKING:
+    from reidray.store import Store
 
 app = typer.Typer(
     add_completion=False,
@@ -80,12 +83,22 @@ def build_job(job: str | None, data_root: str | None, out: str | None, models: l
     return config.model_copy(update=updates)
 
 
+def _open_store(root: str) -> Store:
+    """The output root; warns (stderr) when a submitted Ray job would lose it."""
+    from reidray.store import Store, job_copy_warning
+
+    store = Store.open(root)
+    warning = job_copy_warning(store)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    return store
+
+
 def _setup(job, data_root, out, models, datasets, random_init, address):
     from reidray import flow
-    from reidray.store import Store
 
     config = build_job(job, data_root, out, models, datasets, random_init)
-    store = Store.open(config.output)
+    store = _open_store(config.output)
     grid = flow.resolve_grid(config, store, say)
     flow.connect(address)
     return flow, config, store, grid
@@ -128,9 +141,8 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
 def report(out: OutOpt = None) -> None:
     """Tables of every stored result (Markdown), printed and written under <out>/report/."""
     from reidray import flow
-    from reidray.store import Store
 
-    flow.write_report(Store.open(out or default_output()), say)
+    flow.write_report(_open_store(out or default_output()), say)
 
 
 @app.command("datasets")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +30,7 @@ from reidray import __version__
 from reidray.errors import ReidrayError
 
 CELL_MARKER = "cell.json"
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray sets it in a submitted job's driver: runtime_env, submission id
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,31 @@ class Store:
 
 
 def _absolute(path: str) -> str:
-    from pathlib import Path
-
     return str(Path(path).expanduser().resolve())
+
+
+def job_copy_warning(store: Store) -> str | None:
+    """Why a local root would be lost, when it lies in a submitted Ray job's working-dir copy.
+
+    Under ``ray job submit --working-dir``, the driver runs in Ray's temporary copy of that folder,
+    so a relative ``--out`` resolves into it. Only a warning: on a one-machine cluster the files
+    are there until Ray cleans up its session.
+    """
+    if "://" in store.root:
+        return None
+    try:
+        job = json.loads(os.environ.get(RAY_JOB_ENV) or "{}")
+    except ValueError:
+        return None
+    copy = Path.cwd().resolve()
+    if not (job.get("runtime_env") or {}).get("working_dir") or not Path(store.base).is_relative_to(copy):
+        return None
+    submission = (job.get("metadata") or {}).get("job_submission_id", "?")
+    return (
+        f"output root {store.root} lies in Ray's temporary copy of the working dir of job {submission} "
+        f"({copy}): Ray deletes it, and workers on other nodes write to that path on their own disks. "
+        "Pass --out an absolute path on storage that every node shares, or an object-store URI (s3://..., gs://...)"
+    )
 
 
 def manifest_hash(table: pa.Table) -> str:

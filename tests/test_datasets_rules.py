@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from reidray.datasets import discover, load
+from reidray.datasets.synth import write_layout
 from reidray.errors import DatasetLayoutError, ReidrayError
 
 
@@ -37,10 +39,27 @@ def test_last_has_no_cameras_and_reads_pids_from_basenames(tmp_path: Path) -> No
     rows = load("last", tmp_path).to_pylist()
     assert {r["camid"] for r in rows} == {-1}
     assert [(r["split"], r["pid"]) for r in rows] == [("query", 123), ("gallery", 124), ("gallery", 123), ("train", 1)]
+    # clothes: the last field in train; val/test carry no clothes labels
+    assert [r["clothes_id"] for r in rows] == [-1, -1, -1, 2]
     val = load("last", tmp_path, eval_set="val").to_pylist()
     assert [(r["split"], r["pid"]) for r in val if r["split"] != "train"] == [("query", 200), ("gallery", 200)]
     with pytest.raises(ReidrayError, match="eval_set"):
         load("last", tmp_path, eval_set="train")
+    touch(tmp_path / "LaST", "train/000001/000001_extra.jpg")
+    with pytest.raises(DatasetLayoutError, match="000001_extra.jpg"):
+        load("last", tmp_path)
+
+
+def test_last_synthetic_release_carries_train_clothes_ids(tmp_path: Path) -> None:
+    """Real-layout synthetic names: train outfits come from the last name field, -1 elsewhere."""
+    write_layout(tmp_path / "last", "last", n_ids=6, n_cams=3, n_train_ids=6, seed=1)
+    table = load("last", tmp_path)
+    assert table.schema.field("clothes_id").type == pa.int32()
+    for row in table.to_pylist():
+        field = int(Path(row["image_id"]).stem.rsplit("_", 1)[1])
+        assert row["clothes_id"] == (field if row["split"] == "train" else -1), row["image_id"]
+    train = [r["clothes_id"] for r in table.to_pylist() if r["split"] == "train"]
+    assert len(set(train)) > 1  # several outfits, so a constant column would fail
 
 
 def _pku(root: Path, n: int = 4) -> Path:

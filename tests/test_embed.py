@@ -17,8 +17,10 @@ import ray
 from reidray.config import EmbedSettings
 from reidray.datasets import load
 from reidray.datasets.synth import generate
-from reidray.embed.pipeline import embed_cell
-from reidray.embed.progress import progress_line, tracker_name
+from reidray.embed.actor import EncoderActor
+from reidray.embed.pipeline import CellEmbedding, decoded_images, embed_cell, is_complete
+from reidray.embed.progress import ProgressTracker, finished_line, progress_line, tracker_name
+from reidray.store import manifest_hash
 from reidray.store import Store
 
 DATASET = "reidray-synth"
@@ -62,6 +64,13 @@ def test_complete_cell_is_skipped_and_a_half_written_one_redone(ray_session, dat
     assert not first.skipped
     again = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
     assert again.skipped and again.fingerprint == first.fingerprint
+    assert 0 < store.cell_marker(MODEL, DATASET)["encoder_busy_fraction"] <= 1
+    # Precision is part of the fingerprint: the fp32 cell does not stand in for a bf16 run.
+    digest = manifest_hash(manifest)
+    assert is_complete(store, MODEL, DATASET, digest, weights=None, random_init=False,
+                       settings=EmbedSettings(precision="fp32"))
+    assert not is_complete(store, MODEL, DATASET, digest, weights=None, random_init=False,
+                           settings=EmbedSettings(precision="bf16"))
     # A crash after some part files but before the marker: stale parts plus a junk file.
     cell_dir = Path(store.cell_dir(MODEL, DATASET))
     (cell_dir / "cell.json").unlink()
@@ -138,3 +147,46 @@ def test_progress_line_reads_like_a_person_wrote_it():
         "embed m/d: 1,200/12,936 images (9%), 300 images/s, about 39 s left"
     )
     assert progress_line("embed m/d", 13000, 12936, 10.0).startswith("embed m/d: 12,936/12,936 images (100%)")
+
+
+def test_bf16_autocast_is_applied_and_stays_close_to_fp32(data):
+    manifest = data[1].slice(0, 16).to_pydict()
+    from reidray.embed.decode import decode_resize
+
+    pixels = decode_resize({k: np.asarray(v) for k, v in manifest.items()}, MODEL)["pixels"]
+    batch = {**{k: np.asarray(v) for k, v in manifest.items()}, "pixels": pixels}
+    fp32, bf16 = (EncoderActor(MODEL, None, False, precision=p, device="cpu")(batch) for p in ("fp32", "bf16"))
+    a, b = (np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in (fp32, bf16))
+    assert not np.array_equal(a, b), "bf16 produced fp32's exact numbers: autocast did not run"
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.999
+
+
+def test_decoding_is_spread_over_one_task_per_decode_batch(ray_session, data):
+    manifest = data[1]
+    decoded = decoded_images(manifest, MODEL, EmbedSettings(decode_batch_size=50)).materialize()
+    assert decoded.num_blocks() == -(-manifest.num_rows // 50)
+    assert sorted(decoded.unique("image_id")) == sorted(manifest.column("image_id").to_pylist())
+
+
+def test_busy_fraction_is_work_over_each_actors_span(ray_session):
+    tracker = ProgressTracker.remote()
+    try:
+        assert ray.get(tracker.busy_fraction.remote()) is None
+        # actor a: busy 0-1 and 3-4 (3.5-4 overlaps, counted once) of 0-4; actor b: busy 10-12 of 10-12
+        batches = [(8, 3.0, 4.0, "a"), (8, 0.0, 1.0, "a"), (8, 3.5, 4.0, "a"), (8, 10.0, 12.0, "b")]
+        for n, start, end, actor in batches:
+            tracker.add.remote(n, start, end, actor)
+        assert ray.get(tracker.busy_fraction.remote()) == pytest.approx((1 + 1 + 2) / (4 + 2))
+        assert ray.get(tracker.count.remote()) == 32
+    finally:
+        ray.kill(tracker)
+
+
+def test_finished_line_names_a_starved_gpu():
+    cell = CellEmbedding("m", "d", "fp", 12936, 512, 20.0, "cuda", False, skipped=False, encoder_busy=0.5)
+    line = finished_line(cell)
+    assert line.startswith("embed m/d: 12,936 images in 20.0 s (647 images/s, cuda, encoder busy 50%)")
+    assert "waited on decoding" in line
+    fed = CellEmbedding("m", "d", "fp", 12936, 512, 20.0, "cuda", False, skipped=False, encoder_busy=0.95)
+    assert "waited" not in finished_line(fed)

@@ -9,9 +9,11 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from reidray.config import ScoreSettings
 from reidray.datasets.synth import generate
 from reidray.run import app
 from reidray.score import evaluate
+from reidray.score.graph import placement_warning
 
 runner = CliRunner()
 
@@ -89,6 +91,28 @@ def test_rerun_skips_complete_cells_and_redoes_a_broken_one(ray_session, flow_ru
     assert "embed random/reidray-synth: complete already" not in result.output
     rows = pl.read_parquet(out / "embeddings" / "random" / "reidray-synth" / "*.parquet")
     assert rows.height == rows["image_id"].n_unique()
+
+
+def test_score_tasks_take_the_cpus_the_job_gives_them(ray_session, flow_run, synth_root, tmp_path):
+    out, _ = flow_run
+    before = pl.read_parquet(out / "results" / "handcrafted*.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text("score:\n  num_cpus: 2\n")
+    result = cli("score", "--job", str(job), "--data-root", str(synth_root), "--out", str(out),
+                 "-m", "handcrafted", "-d", "reidray-synth")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    after = pl.read_parquet(out / "results" / "handcrafted*.parquet")
+    assert after["mAP"].to_list() == before["mAP"].to_list()
+    assert after["created_at"].to_list() != before["created_at"].to_list()
+
+
+def test_score_tasks_no_node_can_hold_are_named(ray_session):
+    assert placement_warning(ScoreSettings(num_cpus=2)) is None
+    warning = placement_warning(ScoreSettings(num_cpus=64))
+    assert warning.startswith("each score task asks for 64 CPU(s) but the largest node has 2")
+    assert "score.num_cpus" in placement_warning(ScoreSettings(num_cpus=64))
+    assert "asks for 1 GPU(s) but the largest node has 0" in placement_warning(ScoreSettings(num_gpus=1))
 
 
 def test_unknown_names_fail_in_one_line_listing_the_valid_ones(tmp_path):

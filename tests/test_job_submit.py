@@ -211,6 +211,37 @@ def describe(processes: set[tuple[int, int]]) -> list[str]:
     return lines
 
 
+# --- a relative --out under `ray job submit` ---------------------------------------------------------
+
+def test_a_root_inside_a_submitted_jobs_working_dir_copy_is_warned_about(tmp_path, monkeypatch):
+    """What Ray 2.60's job supervisor gives the driver (checked against a real head): its cwd is the
+    unpacked working dir, and RAY_JOB_CONFIG_JSON_ENV_VAR holds the runtime env and submission id."""
+    from typer.testing import CliRunner
+
+    from reidray.run import app
+    from reidray.store import RAY_JOB_ENV, Store, job_copy_warning
+
+    copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv(RAY_JOB_ENV, json.dumps({
+        "runtime_env": {"working_dir": "gcs://_ray_pkg_0123abcd.zip"},
+        "metadata": {"job_submission_id": "raysubmit_XYZ", "job_name": "raysubmit_XYZ"}}))
+
+    result = CliRunner().invoke(app, ["report", "--out", "out"])  # no results: fails after the warning
+    warning = result.stderr.split("\n")[0]
+    assert warning.startswith(f"warning: output root {copy / 'out'} lies in Ray's temporary copy"), result.stderr
+    assert "raysubmit_XYZ" in warning and "absolute path" in warning and "s3://" in warning and "gs://" in warning
+
+    shared = tmp_path / "shared"  # an absolute root outside the copy, or any URI: where the user meant
+    assert job_copy_warning(Store.open(str(shared))) is None
+    assert job_copy_warning(Store.open((tmp_path / "uri").as_uri())) is None
+    monkeypatch.setenv(RAY_JOB_ENV, json.dumps({"runtime_env": {}, "metadata": {}}))  # no --working-dir
+    assert job_copy_warning(Store.open("out")) is None
+    monkeypatch.delenv(RAY_JOB_ENV)  # a driver started by hand
+    assert job_copy_warning(Store.open("out")) is None
+
+
 # --- the job files ----------------------------------------------------------------------------------
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))

@@ -91,17 +91,43 @@ def test_siglip_text_tower_matches_get_text_features_on_lowercased_padded_text(s
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_siglip_without_tokenizer_files_says_what_to_download(siglip_folder, tmp_path, monkeypatch):
+def _copy(folder, dest, names):
     import shutil
 
-    folder, _, _ = siglip_folder
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("config.json", "model.safetensors"):  # what the vision tower needs, and no more
-        shutil.copy(folder / name, bare / name)
+    dest.mkdir()
+    for name in names:
+        shutil.copy(folder / name, dest / name)
+    return dest
+
+
+def _no_other_sources(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("REIDRAY_WEIGHTS", raising=False)
-    with pytest.raises(WeightsNotFoundError, match="tokenizer files.*huggingface-cli download google/siglip2"):
-        build_text("siglip2-b16-256", weights=bare)
+
+
+@pytest.mark.parametrize("name", ["siglip2-b16-256", "siglip2-b16-384"])
+def test_siglip2_entries_name_the_tokenizer_files_beside_the_weights(name):
+    spec = get(name)
+    assert {"tokenizer_config.json", "tokenizer.json"} <= set(spec.text_files)
+    assert not set(spec.text_files) & set(spec.weights_files)  # image embedding does not wait for them
+
+
+def test_siglip_text_tower_needs_only_the_registry_files(siglip_folder, tmp_path, monkeypatch):
+    folder, _, _ = siglip_folder
+    spec = get("siglip2-b16-256")
+    _no_other_sources(tmp_path, monkeypatch)
+    exact = _copy(folder, tmp_path / "exact", spec.weights_files + spec.text_files)
+    assert build_text(spec.name, weights=exact)(TEXTS).shape == (2, spec.dim)
+
+
+@pytest.mark.parametrize("missing", get("siglip2-b16-256").text_files)
+def test_siglip_without_a_tokenizer_file_says_what_to_download(siglip_folder, tmp_path, monkeypatch, missing):
+    folder, _, _ = siglip_folder
+    spec = get("siglip2-b16-256")
+    _no_other_sources(tmp_path, monkeypatch)
+    bare = _copy(folder, tmp_path / "bare", [f for f in spec.weights_files + spec.text_files if f != missing])
+    download = f"huggingface-cli download google/siglip2-base-patch16-256 {' '.join(spec.text_files)}"
+    with pytest.raises(WeightsNotFoundError, match=f"tokenizer files.*{missing}.*{download}"):
+        build_text(spec.name, weights=bare)

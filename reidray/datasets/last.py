@@ -7,6 +7,9 @@ Layout:
 
 Queries are flat, gallery and train images sit in per-identity folders. pid is the first `_`
 field of the basename (`010903_012_01066_1075_01_000.jpg` -> 10903), never the folder name.
+Column `clothes_id` (int32): in train, the last field (`000` -> 0), an outfit index within the
+identity, so an outfit is the pair (pid, clothes_id) as in the official clothes loader; the
+release labels no clothes in val/test, so their images get -1 rather than a made-up label.
 Movie frames have no cameras: camid = -1 for every image, so the Market rule removes nothing
 and every same-identity gallery image is a true match (the official protocol; the study's
 loader gave flat queries camid = field 2, which silently drops all positives of `000` queries).
@@ -30,6 +33,9 @@ from reidray.errors import DatasetLayoutError, ReidrayError
 
 NAME = "last"
 PATTERN = re.compile(r"^(\d+)_")
+CLOTHES = re.compile(r"_(\d+)$")  # on the stem
+CLOTHES_COLUMN = pa.schema([pa.field("clothes_id", pa.int32(), nullable=False)])
+NO_CLOTHES = -1  # val/test images: LaST releases no clothes labels there
 
 
 def looks_like(folder: Path) -> bool:
@@ -37,21 +43,20 @@ def looks_like(folder: Path) -> bool:
     return bool(test and layout.child(test, "query", kind="dir") and layout.child(test, "gallery", kind="dir"))
 
 
-def _pid(path: Path) -> int:
-    m = PATTERN.match(path.name)
-    if m is None:
+def _number(path: Path, found: re.Match | None, rule: str) -> int:
+    """The number a name pattern captured; a file that breaks the naming rule is named."""
+    if found is None:
         raise DatasetLayoutError(
-            f"{NAME}: file name {path.name!r} ({path}) does not start with '<pid>_'; "
-            "remove files that are not part of LaST"
+            f"{NAME}: file name {path.name!r} ({path}) {rule}; remove files that are not part of LaST"
         )
-    return int(m.group(1))
+    return int(found.group(1))
 
 
 def parse(dataset_dir: Path, *, eval_set: str = "test") -> pa.Table:
     """The manifest of a LaST folder: train, plus the query and gallery of `eval_set`."""
     if eval_set not in ("test", "val"):
         raise ReidrayError(f"{NAME}: eval_set must be 'test' or 'val', not {eval_set!r}")
-    rows = manifest.Rows(dataset_dir)
+    rows = manifest.Rows(dataset_dir, CLOTHES_COLUMN)
     evaluation = layout.require(dataset_dir, eval_set, dataset=NAME)
     sources = [
         ("query", layout.require(evaluation, "query", dataset=NAME)),
@@ -62,7 +67,10 @@ def parse(dataset_dir: Path, *, eval_set: str = "test") -> pa.Table:
         sources.append(("train", train))
     for split, folder in sources:
         for path in layout.images(folder, recursive=split != "query"):
-            rows.add(path, _pid(path), NO_CAMERA, split)
+            pid = _number(path, PATTERN.match(path.name), "does not start with '<pid>_'")
+            clothes = (_number(path, CLOTHES.search(path.stem), "(a training image) does not end in '_<clothes>'")
+                       if split == "train" else NO_CLOTHES)
+            rows.add(path, pid, NO_CAMERA, split, clothes_id=clothes)
     return manifest.build(rows, NAME)
 
 
@@ -82,7 +90,8 @@ def write_synthetic(dest: Path, world: World, rng: np.random.Generator, *, n_ids
         else:
             top = "val" if shot.ident in val_ids else "test"
             rel = f"{top}/query/{name}" if shot.split == "query" else f"{top}/gallery/{shot.pid:06d}/{name}"
-        files.append((shot, rel, {"camid": NO_CAMERA, "eval_set": rel.split("/")[0]}))
+        files.append((shot, rel, {"camid": NO_CAMERA, "eval_set": rel.split("/")[0],
+                                  "clothes_id": clothes if shot.split == "train" else NO_CLOTHES}))
     return world.save_all(dest, files)
 
 
@@ -97,5 +106,6 @@ SPEC = DatasetSpec(
         "gallery": Counts(125353, 5806, None),
         "train": Counts(71248, 5000, None),
     },
-    note="no camera ids (camid -1): all same-identity gallery images are positives",
+    note="no camera ids (camid -1): all same-identity gallery images are positives; "
+    "column clothes_id: outfit within the identity, train only (-1 in val/test)",
 )

@@ -39,7 +39,9 @@ class EncoderActor:
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.tracker = tracker
         if tracker is not None:
-            tracker.register.remote(ray.get_runtime_context().current_actor)
+            context = ray.get_runtime_context()
+            self.actor_id = context.get_actor_id()
+            tracker.register.remote(context.current_actor)
 
     def embed(self, pixels, camids=None):
         """uint8 [N, H, W, 3] on the device -> float32 [N, dim]: normalise, then the encoder, in
@@ -56,6 +58,7 @@ class EncoderActor:
             return self.encoder(normalize(pixels, self.spec), camids).float()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        started = time.time()
         torch = self.torch
         pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device, non_blocking=True)
         camids = None
@@ -64,5 +67,5 @@ class EncoderActor:
         vectors = self.embed(pixels, camids).cpu().numpy()
         columns = {k: pa.array(np.asarray(batch[k])) for k in PASSTHROUGH}
         if self.tracker is not None:
-            self.tracker.add.remote(len(vectors), time.time())
+            self.tracker.add.remote(len(vectors), started, time.time(), self.actor_id)
         return pa.table({**columns, "embedding": embedding_array(vectors)})

@@ -29,6 +29,7 @@ from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
 from reidray.errors import CellError, ReidrayError
 from reidray.models import get
+from reidray.models.preprocess import resize_key
 from reidray.store import Store, fingerprint, manifest_hash
 
 
@@ -45,12 +46,14 @@ class CellEmbedding:
     device: str
     random_init: bool
     skipped: bool
+    encoder_busy: float | None = None  # see ProgressTracker.busy_fraction
 
     @classmethod
     def from_marker(cls, marker: dict, *, skipped: bool) -> CellEmbedding:
         """A stored cell, as its ``cell.json`` describes it."""
         return cls(marker["model"], marker["dataset"], marker["fingerprint"], marker["n_images"], marker["dim"],
-                   marker["embed_seconds"], marker["device"], marker["random_init"], skipped)
+                   marker["embed_seconds"], marker["device"], marker["random_init"], skipped,
+                   marker.get("encoder_busy_fraction"))
 
     @property
     def images_per_second(self) -> float:
@@ -68,7 +71,7 @@ def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifes
             "weights": weights,
             "random_init": random_init,
             "precision": precision,
-            "preprocess": [spec.input_size, spec.resize, spec.interpolation, spec.mean, spec.std],
+            "preprocess": [*resize_key(spec), spec.mean, spec.std],
             "manifest": manifest_digest,
         }
     )
@@ -114,8 +117,12 @@ def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> r
     the same input size and interpolation)."""
     _quiet_ray_data()
     rows = manifest.select(["image_id", "path", "pid", "camid", "split"])
-    return ray.data.from_arrow(rows).map_batches(
-        decode_resize, fn_kwargs={"model": model}, batch_size=settings.decode_batch_size
+    # One block per decode batch: Ray Data runs one task per input block, so a manifest handed
+    # over whole would be decoded by a single task, on one core, whatever the cluster.
+    step = settings.decode_batch_size
+    blocks = [rows.slice(start, step) for start in range(0, rows.num_rows, step)] or [rows]
+    return ray.data.from_arrow(blocks).map_batches(
+        decode_resize, fn_kwargs={"model": model}, batch_size=step
     )
 
 
@@ -194,7 +201,7 @@ def embed_cell(
     try:
         watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive(), say, settings.progress_seconds)
         writer.join()
-        steady = ray.get(tracker.steady_rate.remote())
+        steady, busy = ray.get([tracker.steady_rate.remote(), tracker.busy_fraction.remote()])
     finally:
         ray.kill(tracker)
     if failure:  # Ray wraps the worker's exception; surface ours with the cell named
@@ -217,12 +224,14 @@ def embed_cell(
             "dim": dim,
             "embed_seconds": seconds,
             "steady_images_per_second": steady,
+            "encoder_busy_fraction": busy,
             "device": res.device,
             "precision": res.precision,
             "created_at": datetime.now(timezone.utc).isoformat(),
         },
     )
-    return CellEmbedding(model, dataset, fp, written.num_rows, dim, seconds, res.device, random_init, skipped=False)
+    return CellEmbedding(model, dataset, fp, written.num_rows, dim, seconds, res.device, random_init,
+                         skipped=False, encoder_busy=busy)
 
 
 def _verify(written: pa.Table, manifest: pa.Table, model: str, dataset: str) -> None:

@@ -2,15 +2,23 @@
 
 The encoder actors count what they embed into a small per-cell actor; the driver polls it while
 Ray Data runs. The same actor keeps the encoder actors' handles, so a test (or an operator) can
-find and kill one mid-cell to check that the cell still ends complete and exact.
+find and kill one mid-cell to check that the cell still ends complete and exact. It also keeps how
+long each encoder actor spent working between its first and last batch: the share of that time it
+was busy says whether the CPU stage kept it fed (1.0) or starved it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import ray
+
+if TYPE_CHECKING:
+    from reidray.embed.pipeline import CellEmbedding
+
+STARVED = 0.7  # encoder busy below this share of its time: the CPU stage is the bottleneck
 
 
 @ray.remote(num_cpus=0)
@@ -22,19 +30,35 @@ class ProgressTracker:
         self.actors: list = []
         self.first: tuple[float, int] | None = None  # (when, how many) for the first batch
         self.last = 0.0
+        self.work: dict[str, list[tuple[float, float]]] = {}  # actor id -> its (start, end) per batch
 
-    def add(self, n: int, at: float) -> None:
-        """``n`` images finished at wall-clock time ``at`` (stamped by the actor, not on arrival)."""
+    def add(self, n: int, started: float, finished: float, actor_id: str) -> None:
+        """``n`` images embedded by ``actor_id`` between wall-clock ``started`` and ``finished``
+        (stamped by the actor, not on arrival)."""
         self.done += n
-        self.last = max(self.last, at)
-        if self.first is None or at < self.first[0]:
-            self.first = (at, n)
+        self.last = max(self.last, finished)
+        if self.first is None or finished < self.first[0]:
+            self.first = (finished, n)
+        self.work.setdefault(actor_id, []).append((started, finished))
 
     def steady_rate(self) -> float | None:
         """Images/s after the first batch: the pipeline's pace without model loading and warm-up."""
         if self.first is None or self.last <= self.first[0]:
             return None
         return (self.done - self.first[1]) / (self.last - self.first[0])
+
+    def busy_fraction(self) -> float | None:
+        """Share of the encoder actors' time, from each one's first batch to its last, spent
+        embedding rather than waiting for input; None before the first batch. Overlapping
+        batches of one actor (concurrent calls) count once."""
+        busy = span = 0.0
+        for intervals in self.work.values():
+            first, covered_to = min(intervals)[0], float("-inf")
+            for start, end in sorted(intervals):
+                busy += max(0.0, end - max(start, covered_to))
+                covered_to = max(covered_to, end)
+            span += covered_to - first
+        return busy / span if span > 0 else None
 
     def register(self, actor) -> None:
         self.actors.append(actor)
@@ -57,6 +81,18 @@ def progress_line(label: str, done: int, total: int, elapsed: float) -> str:
     line = f"{label}: {done:,}/{total:,} images ({100 * done / max(total, 1):.0f}%), {rate:.0f} images/s"
     if 0 < done < total and rate > 0:
         line += f", about {_duration((total - done) / rate)} left"
+    return line
+
+
+def finished_line(cell: CellEmbedding) -> str:
+    """A finished cell's pace, and whether decoding held the encoder back."""
+    line = (f"embed {cell.model}/{cell.dataset}: {cell.n_images:,} images in {cell.embed_seconds:.1f} s "
+            f"({cell.images_per_second:.0f} images/s, {cell.device}")
+    if cell.encoder_busy is None:
+        return line + ")"
+    line += f", encoder busy {cell.encoder_busy:.0%})"
+    if cell.device == "cuda" and cell.encoder_busy < STARVED:
+        line += "; the GPUs waited on decoding: give the GPU nodes more CPUs or raise embed.decode_batch_size"
     return line
 
 

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
+def resize_key(spec: ModelSpec) -> tuple:
+    """Every fact ``resize`` reads: models with equal keys get identical pixels from the CPU stage."""
+    return (spec.input_size, spec.resize, spec.interpolation)
+
+
 def resize(image: Image.Image, spec: ModelSpec) -> np.ndarray:
     """Squash ``image`` to ``spec.input_size`` (h, w) with the spec's interpolation.
 

@@ -37,6 +37,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# What transformers (>= 5) reads to build SigLIP2's Gemma tokenizer: tokenizer.json holds the
+# vocabulary, merges and special tokens. The repos' tokenizer.model (sentencepiece) and
+# special_tokens_map.json are never read when these two are there.
+_SIGLIP2_TOKENIZER = ("tokenizer_config.json", "tokenizer.json")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class ModelSpec:
     arch: str  # that library's name for the architecture
     embedding: str  # which output is the embedding
     weights_files: tuple[str, ...] = ()  # files needed from the hub repo (hub models)
+    text_files: tuple[str, ...] = ()  # more files of that repo the text tower needs (its tokenizer)
     weights_url: str = ""  # where the weights come from (download source, or the page to get them)
     paper_name: str = ""  # the name in the paper's Table 1
     paper_params_m: float | None = None  # Table 1's figure
@@ -136,6 +141,7 @@ _SPECS: list[ModelSpec] = [
         name="siglip2-b16-256", paradigm="language-aligned", params_m=92.930, input_size=(256, 256),
         interpolation="bilinear", mean=HALF, std=HALF, dim=768, normalize=True, metric="cosine",
         weights_id="google/siglip2-base-patch16-256", weights_files=("config.json", "model.safetensors"),
+        text_files=_SIGLIP2_TOKENIZER,
         needs_weights=True, uses_camera=False, batch_size=256, family="hf", library="transformers",
         arch="SiglipVisionModel", embedding="get_image_features: attention-pool (MAP) head output",
         weights_url=_hub("google/siglip2-base-patch16-256"),
@@ -146,6 +152,7 @@ _SPECS: list[ModelSpec] = [
         name="siglip2-b16-384", paradigm="language-aligned", params_m=93.176, input_size=(384, 384),
         interpolation="bilinear", mean=HALF, std=HALF, dim=768, normalize=True, metric="cosine",
         weights_id="google/siglip2-base-patch16-384", weights_files=("config.json", "model.safetensors"),
+        text_files=_SIGLIP2_TOKENIZER,
         needs_weights=True, uses_camera=False, batch_size=128, family="hf", library="transformers",
         arch="SiglipVisionModel", embedding="get_image_features: attention-pool (MAP) head output",
         weights_url=_hub("google/siglip2-base-patch16-384"),

@@ -10,10 +10,10 @@ L2-normalised embeddings of ``spec.dim``.
 * CLIP (open_clip): the checkpoint holds both towers; the whole model is created from it with
   open_clip and the vision tower dropped. The BPE tokenizer ships with open_clip.
 * SigLIP2 (transformers): ``SiglipTextModel`` from the hub folder, loaded strictly (only the
-  image tower's keys may go unused). Its Gemma tokenizer files (``tokenizer.json``,
-  ``tokenizer_config.json``, ...) are not among the registry's weights files: they must sit in
-  that folder, in ``$REIDRAY_WEIGHTS/<repo>/`` or in the hub cache. Text is lowercased and padded
-  to 64 tokens with no attention mask, as the model was trained.
+  image tower's keys may go unused). Its Gemma tokenizer files are the registry entry's
+  ``text_files`` (not among its ``weights_files``: image embedding does not need them); they must
+  sit in that folder, in ``$REIDRAY_WEIGHTS/<repo>/`` or in the hub cache. Text is lowercased and
+  padded to 64 tokens with no attention mask, as the model was trained.
 
 ``random_init=True`` builds the published architecture from a fixed seed (the same in every
 process, like ``models.build``): for tests of the wiring only; its embeddings mean nothing.
@@ -33,7 +33,6 @@ from reidray.models import weights as _weights
 from reidray.models.registry import MODELS, ModelSpec, get
 
 SIGLIP_MAX_TOKENS = 64
-SIGLIP_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "tokenizer.model")
 _SIGLIP_NOT_TEXT = ("vision_model.", "logit_scale", "logit_bias")  # checkpoint keys the text tower leaves
 
 
@@ -140,26 +139,26 @@ def _load_siglip_text(spec: ModelSpec, cls: type, folder: Path) -> nn.Module:
 
 
 def _siglip_tokenizer_dir(spec: ModelSpec, folder: Path | None) -> Path:
-    """Where the Gemma tokenizer files are: the weights folder, ``$REIDRAY_WEIGHTS``, or the hub cache.
+    """The folder holding all of ``spec.text_files``: the weights folder, ``$REIDRAY_WEIGHTS``, or the hub cache.
 
-    Never downloads: the registry's weights files are the vision tower's, so the tokenizer is
-    asked for by name when it is missing.
+    Never downloads: the weights resolver fetches only the vision tower's files, so the tokenizer
+    is asked for by name when it is missing.
     """
     candidates = [folder] if folder is not None else []
     if os.environ.get(_weights.ENV_DIR):
         candidates.append(Path(os.environ[_weights.ENV_DIR]).expanduser() / spec.weights_id)
     for candidate in candidates:
-        if (candidate / "tokenizer_config.json").is_file():
+        if all((candidate / name).is_file() for name in spec.text_files):
             return candidate
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(spec.weights_id, "tokenizer_config.json")
-    if isinstance(cached, str):
-        return Path(cached).parent
+    cached = [try_to_load_from_cache(spec.weights_id, name) for name in spec.text_files]
+    if all(isinstance(path, str) for path in cached):
+        return Path(cached[0]).parent
     where = folder or Path(f"${_weights.ENV_DIR}") / spec.weights_id
     raise WeightsNotFoundError(
-        f"model {spec.name}: the text tower needs the tokenizer files ({', '.join(SIGLIP_TOKENIZER_FILES)}); "
-        f"get them with `huggingface-cli download {spec.weights_id} {' '.join(SIGLIP_TOKENIZER_FILES)} "
+        f"model {spec.name}: the text tower needs the tokenizer files ({', '.join(spec.text_files)}); "
+        f"get them with `huggingface-cli download {spec.weights_id} {' '.join(spec.text_files)} "
         f"--local-dir {where}`"
     )
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from reidray.config import ScoreSettings
 from reidray.embed.pipeline import CellEmbedding
 from reidray.errors import CellError, ReidrayError
 from reidray.models import get
@@ -34,11 +35,20 @@ def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
     return table
 
 
-@ray.remote(num_cpus=1)
+@ray.remote
 def score_task(root: str, cell: CellEmbedding) -> list[dict]:
-    """Score one stored cell; every failure comes back as a CellError naming the cell."""
+    """Score one stored cell; every failure comes back as a CellError naming the cell.
+
+    Ranking runs on the GPU when the task was given one (``evaluate`` picks CUDA when visible),
+    else with one torch thread per CPU the task was given: a reused Ray worker keeps whatever
+    thread count its last task set, so it is set here every time.
+    """
+    import torch
+
     from reidray.score.protocols import score_cell
 
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     spec = get(cell.model)
     try:
         table = joined_cell(Store.open(root), cell.model, cell.dataset)
@@ -67,17 +77,32 @@ def score_task(root: str, cell: CellEmbedding) -> list[dict]:
     return [{**common, **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}} for row in rows]
 
 
+def placement_warning(settings: ScoreSettings) -> str | None:
+    """Why score tasks may wait: no live node has the CPUs or GPUs each one asks for."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for resource, wanted in (("CPU", settings.num_cpus), ("GPU", settings.num_gpus)):
+        largest = max((n.get(resource, 0) for n in nodes), default=0)
+        if wanted > largest:
+            return (f"each score task asks for {wanted:g} {resource}(s) but the largest node has {largest:g}: "
+                    f"scoring waits until the autoscaler adds a node that has them; on a fixed cluster "
+                    f"lower score.num_{resource.lower()}s in the job file")
+    return None
+
+
 @dataclass
 class ScoreGraph:
     """Submits a score task per finished cell and stores each cell's rows as they arrive."""
 
     store: Store
+    settings: ScoreSettings = field(default_factory=ScoreSettings)
     pending: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     done: list[tuple[str, str]] = field(default_factory=list)
 
     def submit(self, cell: CellEmbedding) -> None:
-        ref = score_task.remote(self.store.root, cell)
+        ref = score_task.options(num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus).remote(
+            self.store.root, cell
+        )
         self.pending[ref] = cell
 
     def collect(self, wait: bool = False) -> None:

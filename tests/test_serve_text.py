@@ -131,3 +131,30 @@ def test_siglip_without_a_tokenizer_file_says_what_to_download(siglip_folder, tm
     download = f"huggingface-cli download google/siglip2-base-patch16-256 {' '.join(spec.text_files)}"
     with pytest.raises(WeightsNotFoundError, match=f"tokenizer files.*{missing}.*{download}"):
         build_text(spec.name, weights=bare)
+
+
+def test_siglip_tokenizer_files_are_downloaded_when_downloads_are_on(siglip_folder, tmp_path, monkeypatch):
+    """The hub is out of reach here: its download function is replaced by one serving the fixture's
+    files, so what is checked is reidray's side (asks for exactly the registry's files, loads them)."""
+    import shutil
+
+    import huggingface_hub
+
+    folder, _, _ = siglip_folder
+    spec = get("siglip2-b16-256")
+    _no_other_sources(tmp_path, monkeypatch)
+    bare = _copy(folder, tmp_path / "bare", list(spec.weights_files))
+    asked: list[tuple[str, str]] = []
+
+    def fake_hub(repo: str, name: str) -> str:
+        asked.append((repo, name))
+        (tmp_path / "hub").mkdir(exist_ok=True)
+        return shutil.copy(folder / name, tmp_path / "hub" / name)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub)
+    monkeypatch.setenv("REIDRAY_DOWNLOAD", "1")
+    assert build_text(spec.name, weights=bare)(TEXTS).shape == (2, spec.dim)
+    assert asked == [(spec.weights_id, name) for name in spec.text_files]
+    monkeypatch.setenv("REIDRAY_DOWNLOAD", "0")
+    with pytest.raises(WeightsNotFoundError, match=r"not found, downloads are off \(REIDRAY_DOWNLOAD=0\)"):
+        build_text(spec.name, weights=_copy(folder, tmp_path / "bare2", list(spec.weights_files)))

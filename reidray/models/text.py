@@ -11,9 +11,10 @@ L2-normalised embeddings of ``spec.dim``.
   open_clip and the vision tower dropped. The BPE tokenizer ships with open_clip.
 * SigLIP2 (transformers): ``SiglipTextModel`` from the hub folder, loaded strictly (only the
   image tower's keys may go unused). Its Gemma tokenizer files are the registry entry's
-  ``text_files`` (not among its ``weights_files``: image embedding does not need them); they must
-  sit in that folder, in ``$REIDRAY_WEIGHTS/<repo>/`` or in the hub cache. Text is lowercased and
-  padded to 64 tokens with no attention mask, as the model was trained.
+  ``text_files`` (not among its ``weights_files``: image embedding does not need them); they are
+  found in that folder, in ``$REIDRAY_WEIGHTS/<repo>/`` or in the hub cache, else downloaded under
+  the weights' rules. Text is lowercased and padded to 64 tokens with no attention mask, as the
+  model was trained.
 
 ``random_init=True`` builds the published architecture from a fixed seed (the same in every
 process, like ``models.build``): for tests of the wiring only; its embeddings mean nothing.
@@ -139,10 +140,9 @@ def _load_siglip_text(spec: ModelSpec, cls: type, folder: Path) -> nn.Module:
 
 
 def _siglip_tokenizer_dir(spec: ModelSpec, folder: Path | None) -> Path:
-    """The folder holding all of ``spec.text_files``: the weights folder, ``$REIDRAY_WEIGHTS``, or the hub cache.
-
-    Never downloads: the weights resolver fetches only the vision tower's files, so the tokenizer
-    is asked for by name when it is missing.
+    """The folder holding all of ``spec.text_files``: the weights folder, ``$REIDRAY_WEIGHTS``, the
+    hub cache, or a download under the weights' rules (the weights resolver fetches only the
+    vision tower's files); otherwise the error names the files and the command that gets them.
     """
     candidates = [folder] if folder is not None else []
     if os.environ.get(_weights.ENV_DIR):
@@ -155,10 +155,13 @@ def _siglip_tokenizer_dir(spec: ModelSpec, folder: Path | None) -> Path:
     cached = [try_to_load_from_cache(spec.weights_id, name) for name in spec.text_files]
     if all(isinstance(path, str) for path in cached):
         return Path(cached[0]).parent
+    downloaded, why_not = _weights.download_hub_files(spec, spec.text_files)
+    if downloaded is not None:
+        return downloaded
     where = folder or Path(f"${_weights.ENV_DIR}") / spec.weights_id
     raise WeightsNotFoundError(
-        f"model {spec.name}: the text tower needs the tokenizer files ({', '.join(spec.text_files)}); "
-        f"get them with `huggingface-cli download {spec.weights_id} {' '.join(spec.text_files)} "
+        f"model {spec.name}: the text tower needs the tokenizer files ({', '.join(spec.text_files)}), "
+        f"not found, {why_not}; get them with `huggingface-cli download {spec.weights_id} {' '.join(spec.text_files)} "
         f"--local-dir {where}`"
     )
 

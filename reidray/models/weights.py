@@ -158,10 +158,31 @@ def _download(spec: ModelSpec) -> Path:
             raise WeightsNotFoundError(f"model {spec.name}: download of {spec.weights_url} failed")
         part.replace(folder / spec.weights_id)
         return folder / spec.weights_id
+    return _target(spec, _hub_folder(spec, spec.weights_files))
+
+
+def _hub_folder(spec: ModelSpec, files: tuple[str, ...]) -> Path:
+    """Download ``files`` of the model's hub repo into the hub cache; the folder holding them."""
     from huggingface_hub import hf_hub_download
 
-    paths = [hf_hub_download(spec.weights_id, f) for f in spec.weights_files]
-    return _target(spec, Path(paths[0]).parent)
+    paths = [hf_hub_download(spec.weights_id, f) for f in files]
+    return Path(paths[0]).parent
+
+
+def _failure(exc: Exception) -> str:
+    return f"download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def download_hub_files(spec: ModelSpec, files: tuple[str, ...]) -> tuple[Path | None, str]:
+    """More files of a hub model's repo (the text tower's tokenizer), under the weights' download
+    rules: (the folder holding them, "") or (None, why no download was tried or why it failed)."""
+    blocker = _download_blocker(spec)
+    if blocker is not None:
+        return None, blocker
+    try:
+        return _hub_folder(spec, files), ""
+    except Exception as exc:  # network and hub errors: the caller reports the files as missing
+        return None, _failure(exc)
 
 
 def resolve(spec: ModelSpec, weights: str | Path | None = None) -> Path:
@@ -179,7 +200,7 @@ def resolve(spec: ModelSpec, weights: str | Path | None = None) -> Path:
         except WeightsNotFoundError:
             raise
         except Exception as exc:  # network and hub errors: report them as missing weights
-            blocker = f"download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            blocker = _failure(exc)
     raise WeightsNotFoundError(
         f"model {spec.name}: weights not found, {blocker}; expected {_expected(spec)}; "
         f"put it at {_where_to_put(spec)} or give its path as weights: in the job file"

@@ -41,7 +41,9 @@ class EmbedSettings(BaseModel):
     precision: Precision = Field(
         default="auto", description="auto: bf16 autocast on GPUs, fp32 on CPUs"
     )
-    share_decode: bool = Field(default=True, description="decode once for models with the same input size")
+    share_decode: bool = Field(
+        default=True, description="decode once for models of one input size, if the copy fits half the object store"
+    )
     progress_seconds: float = Field(default=10.0, gt=0, description="how often a cell reports progress")
 
     @field_validator("concurrency")

@@ -150,7 +150,7 @@ def _score_graph(store: Store, job: JobConfig, say: Say):
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
                     score: bool = True) -> list[str]:
     """Embed every cell and, as each completes, start its score task; returns the failures."""
-    from reidray.embed.pipeline import decoded_images, embed_cell, is_complete, user_error
+    from reidray.embed.pipeline import decoded_images, embed_cell, is_complete, shared_decode_blocker, user_error
     from reidray.embed.progress import finished_line
 
     graph = _score_graph(store, job, say)
@@ -161,7 +161,11 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
             todo = [m for m in group if not is_complete(store, m, dataset, digest, weights=job.weights_for(m),
                                                         random_init=job.random_init, settings=job.embed_for(m))]
             decoded = None
-            if job.embed.share_decode and len(todo) > 1:
+            share = job.embed.share_decode and len(todo) > 1
+            too_big = share and shared_decode_blocker(manifest, todo[0])
+            if too_big:
+                say(f"decode {dataset} once per model: {too_big}")
+            elif share:
                 say(f"decode {dataset} once for {', '.join(todo)}")
                 try:
                     decoded = decoded_images(manifest, todo[0], job.embed).materialize()

@@ -18,7 +18,7 @@ from reidray.config import EmbedSettings
 from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.actor import EncoderActor
-from reidray.embed.pipeline import CellEmbedding, decoded_images, embed_cell, is_complete
+from reidray.embed.pipeline import CellEmbedding, decoded_images, embed_cell, is_complete, shared_decode_blocker
 from reidray.embed.progress import ProgressTracker, finished_line, progress_line, tracker_name
 from reidray.store import manifest_hash
 from reidray.store import Store
@@ -167,6 +167,15 @@ def test_decoding_is_spread_over_one_task_per_decode_batch(ray_session, data):
     decoded = decoded_images(manifest, MODEL, EmbedSettings(decode_batch_size=50)).materialize()
     assert decoded.num_blocks() == -(-manifest.num_rows // 50)
     assert sorted(decoded.unique("image_id")) == sorted(manifest.column("image_id").to_pylist())
+
+
+def test_a_shared_decoded_copy_must_fit_half_the_object_store(ray_session, data):
+    assert shared_decode_blocker(data[1], "clip-vit-b16") is None
+    store_bytes = ray.cluster_resources()["object_store_memory"]
+    rows = int(store_bytes / (224 * 224 * 3)) // 2 + 1  # just over half of it at 224x224
+    big = pa.table({"image_id": pa.nulls(rows, pa.string())})
+    assert "would fill more than half of the object store" in shared_decode_blocker(big, "clip-vit-b16")
+    assert shared_decode_blocker(big.slice(0, rows - 2), "clip-vit-b16") is None
 
 
 def test_busy_fraction_is_work_over_each_actors_span(ray_session):

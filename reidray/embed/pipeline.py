@@ -126,6 +126,21 @@ def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> r
     )
 
 
+SHARED_DECODE_SHARE = 0.5  # of the cluster's object store; a bigger decoded copy would spill to disk
+
+
+def shared_decode_blocker(manifest: pa.Table, model: str) -> str | None:
+    """Why a dataset should be decoded once per model instead of once for its decode group: the
+    shared copy is held in the object store while every model of the group reads it."""
+    h, w = get(model).input_size
+    needed = manifest.num_rows * h * w * 3
+    store_bytes = ray.cluster_resources().get("object_store_memory", 0)
+    if needed <= SHARED_DECODE_SHARE * store_bytes:
+        return None
+    return (f"its decoded pixels ({needed / 1e9:.1f} GB) would fill more than half of the object store "
+            f"({store_bytes / 1e9:.1f} GB)")
+
+
 _REMOTE_ERROR = re.compile(r"^reidray\.errors\.\w+: (.+)$", re.MULTILINE)
 
 

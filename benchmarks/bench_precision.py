@@ -54,9 +54,13 @@ def embed_and_score(work: str, model: str, manifest: pa.Table, precision: str,
     return row, table
 
 
+def matrix(table: pa.Table) -> np.ndarray:
+    """The embedding column as a float64 [N, D] array."""
+    return np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
+
+
 def vectors(table: pa.Table, split: str, metric: str) -> np.ndarray:
-    rows = table.filter(pc.equal(table.column("split"), split))
-    x = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
+    x = matrix(table.filter(pc.equal(table.column("split"), split)))
     return x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
 
 
@@ -71,8 +75,7 @@ def compare(base: pa.Table, low: pa.Table, metric: str) -> tuple[float, float]:
     """(mean top-10 overlap, lowest per-image cosine) between the two precisions' embeddings."""
     a, b = top10(base, metric), top10(low, metric)
     overlap = float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)]))
-    ea = np.stack(base.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
-    eb = np.stack(low.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
+    ea, eb = matrix(base), matrix(low)
     cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
     return overlap, float(cos.min())
 

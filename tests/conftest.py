@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 # Ray's token auth must be the same for every Ray command of a session; tests run without it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# No model hub is reachable in tests: never try to download weights.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("REIDRAY_DOWNLOAD", "0")
+# No model hub is reachable in tests: never try to download weights, whatever the shell says.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["REIDRAY_DOWNLOAD"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +25,23 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def person_crops():
+    """``make(n, seed=0)``: person-shaped (2:1), structured crops at an odd size (150x70), so
+    every model really resizes: head, torso and legs blocks on dark noise, a striped torso."""
+
+    def make(n: int, seed: int = 0) -> list[Image.Image]:
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            img = (rng.random((150, 70, 3)) * 80).astype(np.uint8)
+            img[10:35, 20:50] = rng.integers(100, 256, 3)
+            img[35:85, 10:60] = rng.integers(0, 256, 3)
+            img[85:140, 15:55] = rng.integers(0, 256, 3)
+            img[40:80:6, 10:60] = 255 - img[40:80:6, 10:60]
+            out.append(Image.fromarray(img))
+        return out
+
+    return make

@@ -182,12 +182,15 @@ def test_busy_fraction_is_work_over_each_actors_span(ray_session):
     tracker = ProgressTracker.remote()
     try:
         assert ray.get(tracker.busy_fraction.remote()) is None
+        assert ray.get(tracker.steady_rate.remote()) is None
         # actor a: busy 0-1 and 3-4 (3.5-4 overlaps, counted once) of 0-4; actor b: busy 10-12 of 10-12
         batches = [(8, 3.0, 4.0, "a"), (8, 0.0, 1.0, "a"), (8, 3.5, 4.0, "a"), (8, 10.0, 12.0, "b")]
         for n, start, end, actor in batches:
             tracker.add.remote(n, start, end, actor)
         assert ray.get(tracker.busy_fraction.remote()) == pytest.approx((1 + 1 + 2) / (4 + 2))
         assert ray.get(tracker.count.remote()) == 32
+        # after the first batch (ended at 1): 24 images until the last one ended, at 12
+        assert ray.get(tracker.steady_rate.remote()) == pytest.approx(24 / 11)
     finally:
         ray.kill(tracker)
 

@@ -8,10 +8,6 @@ learner, optionally behind a DDP ``module.`` prefix.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +25,8 @@ N_IDS = 1041
 SPEC = get("clip-reid-vit-b16")
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("REIDRAY_DOWNLOAD", "0")
-
-
 def _crops(n: int = 3, seed: int = 0) -> list[Image.Image]:
+    """The crops these checks were tuned on (the SIE check compares batches at default tolerance)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -60,24 +51,28 @@ def _released_state(encoder: clipreid.ClipReidEncoder, *, prompt: bool, ddp: boo
     return {f"module.{k}": v for k, v in state.items()} if ddp else state
 
 
+def _released_file(folder: Path, name: str, *, seed: int, stride: int, n_cams: int, prompt: bool,
+                   ddp: bool) -> tuple[clipreid.ClipReidEncoder, Path]:
+    """A random model of the given layout, saved under ``name`` as a released file."""
+    torch.manual_seed(seed)
+    enc = clipreid.ClipReidEncoder(SPEC, stride=stride, n_cams=n_cams, random_init=True).eval()
+    path = folder / name
+    torch.save(_released_state(enc, prompt=prompt, ddp=ddp), path)
+    return enc, path
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> tuple[clipreid.ClipReidEncoder, Path]:
     """A random stride-16, no-SIE model (the ViT-baseline layout), saved as a released file."""
-    torch.manual_seed(1)
-    enc = clipreid.ClipReidEncoder(SPEC, stride=16, n_cams=0, random_init=True).eval()
-    path = tmp_path_factory.mktemp("clipreid") / "MSMT17_vit_base.pth"
-    torch.save(_released_state(enc, prompt=False, ddp=False), path)
-    return enc, path
+    return _released_file(tmp_path_factory.mktemp("clipreid"), "MSMT17_vit_base.pth",
+                          seed=1, stride=16, n_cams=0, prompt=False, ddp=False)
 
 
 @pytest.fixture(scope="module")
 def sie_olp(tmp_path_factory) -> tuple[clipreid.ClipReidEncoder, Path]:
     """A random stride-12 model with 15 camera embeddings (the SIE-OLP layout), DDP-prefixed."""
-    torch.manual_seed(2)
-    enc = clipreid.ClipReidEncoder(SPEC, stride=12, n_cams=15, random_init=True).eval()
-    path = tmp_path_factory.mktemp("clipreid") / "MSMT17_clipreid_12x12sie_ViT-B-16_60.pth"
-    torch.save(_released_state(enc, prompt=True, ddp=True), path)
-    return enc, path
+    return _released_file(tmp_path_factory.mktemp("clipreid"), "MSMT17_clipreid_12x12sie_ViT-B-16_60.pth",
+                          seed=2, stride=12, n_cams=15, prompt=True, ddp=True)
 
 
 def test_grids_of_the_released_strides():

@@ -16,18 +16,6 @@ from reidray.models.preprocess import normalize, prepare, resize
 PARADIGMS = {"supervised", "language-aligned", "self-supervised", "hand-crafted", "control"}
 
 
-def _crops(n: int, seed: int = 0) -> list[Image.Image]:
-    """Person-like crops: two coloured blocks (top/bottom) on noise, varied per image."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        img = rng.integers(0, 256, (160, 80, 3), dtype=np.uint8)
-        img[20:80, 15:65] = rng.integers(0, 256, 3)
-        img[80:150, 20:60] = rng.integers(0, 256, 3)
-        out.append(Image.fromarray(img))
-    return out
-
-
 def test_unknown_name_lists_valid_names():
     with pytest.raises(UnknownNameError) as info:
         get("no-such-model")
@@ -53,11 +41,11 @@ def test_registry_holds_the_eleven_and_the_baselines():
             spec.dim = 1  # type: ignore[misc]
 
 
-def test_resize_squashes_with_pil_and_normalize_matches_torchvision():
+def test_resize_squashes_with_pil_and_normalize_matches_torchvision(person_crops):
     from torchvision import transforms as T
 
     spec = get("clip-vit-b16")  # bicubic, non-trivial mean/std
-    image = _crops(1)[0]
+    image = person_crops(1)[0]
     arr = resize(image, spec)
     assert arr.dtype == np.uint8 and arr.shape == (*spec.input_size, 3)
     ours = normalize(torch.from_numpy(arr[None]), spec)[0]
@@ -83,11 +71,11 @@ def test_normalize_rejects_float_or_nchw_input():
 
 
 @pytest.mark.parametrize("name", ["handcrafted", "random"])
-def test_weight_free_encoder_contract(name):
+def test_weight_free_encoder_contract(name, person_crops):
     spec = get(name)
     enc = build(name)
     assert enc.spec is spec and enc.random_init is False and not enc.training
-    pixels = prepare(_crops(6), spec)
+    pixels = prepare(person_crops(6), spec)
     out = enc(pixels)
     assert out.shape == (6, spec.dim) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
@@ -116,11 +104,11 @@ def _gain_and_cast(pixels: torch.Tensor, gain: tuple[float, float, float]) -> to
     return (pixels * g).clamp(0, 1)
 
 
-def test_handcrafted_separates_clothing_and_ignores_camera_colour_cast():
+def test_handcrafted_separates_clothing_and_ignores_camera_colour_cast(person_crops):
     """Same clothes under a different brightness/colour cast stay closer than different clothes."""
     enc = build("handcrafted")
     spec = enc.spec
-    pixels = prepare(_crops(8, seed=3), spec)
+    pixels = prepare(person_crops(8, seed=3), spec)
     seen_again = _gain_and_cast(pixels, (0.7, 0.8, 0.95))
     a, b = enc(pixels), enc(seen_again)
     same = (a * b).sum(1)
@@ -130,10 +118,10 @@ def test_handcrafted_separates_clothing_and_ignores_camera_colour_cast():
     assert same.min() > 0.95
 
 
-def test_random_control_carries_no_identity():
+def test_random_control_carries_no_identity(person_crops):
     """A tiny change to an image gives an unrelated embedding: the control scores at chance."""
     enc = build("random")
-    pixels = prepare(_crops(64, seed=5), enc.spec)
+    pixels = prepare(person_crops(64, seed=5), enc.spec)
     nudged = pixels.clone()
     nudged[:, :, 0, 0] = (nudged[:, :, 0, 0] + 1 / 255).clamp(0, 1)
     sims = (enc(pixels) * enc(nudged)).sum(1)

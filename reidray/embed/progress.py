@@ -28,24 +28,22 @@ class ProgressTracker:
     def __init__(self) -> None:
         self.done = 0
         self.actors: list = []
-        self.first: tuple[float, int] | None = None  # (when, how many) for the first batch
-        self.last = 0.0
-        self.work: dict[str, list[tuple[float, float]]] = {}  # actor id -> its (start, end) per batch
+        self.work: dict[str, list[tuple[float, float, int]]] = {}  # actor id -> (start, end, images) per batch
 
     def add(self, n: int, started: float, finished: float, actor_id: str) -> None:
         """``n`` images embedded by ``actor_id`` between wall-clock ``started`` and ``finished``
         (stamped by the actor, not on arrival)."""
         self.done += n
-        self.last = max(self.last, finished)
-        if self.first is None or finished < self.first[0]:
-            self.first = (finished, n)
-        self.work.setdefault(actor_id, []).append((started, finished))
+        self.work.setdefault(actor_id, []).append((started, finished, n))
 
     def steady_rate(self) -> float | None:
         """Images/s after the first batch: the pipeline's pace without model loading and warm-up."""
-        if self.first is None or self.last <= self.first[0]:
+        batches = [batch for intervals in self.work.values() for batch in intervals]
+        if not batches:
             return None
-        return (self.done - self.first[1]) / (self.last - self.first[0])
+        _, first_end, first_n = min(batches, key=lambda batch: batch[1])
+        last_end = max(end for _, end, _ in batches)
+        return (self.done - first_n) / (last_end - first_end) if last_end > first_end else None
 
     def busy_fraction(self) -> float | None:
         """Share of the encoder actors' time, from each one's first batch to its last, spent
@@ -54,7 +52,7 @@ class ProgressTracker:
         busy = span = 0.0
         for intervals in self.work.values():
             first, covered_to = min(intervals)[0], float("-inf")
-            for start, end in sorted(intervals):
+            for start, end, _ in sorted(intervals):
                 busy += max(0.0, end - max(start, covered_to))
                 covered_to = max(covered_to, end)
             span += covered_to - first

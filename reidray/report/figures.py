@@ -179,7 +179,8 @@ def size_vs_map(head: pl.DataFrame) -> FigureOut:
     ax.set_xlabel("parameters (millions, vision tower)")
     ax.set_ylabel("mean mAP (%)")
     ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8)
+    # framed and titled: a bare marker-and-name entry would read as one more labelled model
+    ax.legend(title="paradigm", fontsize=8, title_fontsize=8)
     points = [(r["label"], r["params"], r["mAP"] * 100) for r in means.iter_rows(named=True)]
     _label_points(fig, ax, points)
     return FigureOut(key, title, caption, _png(fig))

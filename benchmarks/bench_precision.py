@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 import ray
 from bench_embed import device_name
 
-from reidray.config import EmbedSettings
+from reidray.config import SYNTHETIC, EmbedSettings
+from reidray.datasets import get as get_dataset
 from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.pipeline import embed_cell
@@ -38,7 +39,7 @@ from reidray.score.graph import joined_cell
 from reidray.score.protocols import score_cell
 from reidray.store import Store
 
-DATASET = "reidray-synth"
+DATASET = SYNTHETIC
 DEFAULT_MODELS = "handcrafted,osnet-x1.0,clip-vit-b16,dinov2-b14"
 
 
@@ -48,9 +49,9 @@ def embed_and_score(work: str, model: str, manifest: pa.Table, precision: str,
     store = Store.open(os.path.join(work, precision, model))
     store.write_table(store.manifest_path(DATASET), manifest)
     settings = EmbedSettings(precision=precision, progress_seconds=3600)
-    embed_cell(store, model, DATASET, manifest, random_init=random_init, settings=settings, say=lambda _: None)
+    cell = embed_cell(store, model, DATASET, manifest, random_init=random_init, settings=settings, say=lambda _: None)
     table = joined_cell(store, model, DATASET).sort_by("image_id")
-    (row,) = score_cell(DATASET, table, get(model).metric, cell=f"{model}/{DATASET}")
+    (row,) = score_cell(get_dataset(DATASET).protocol, table, cell.metric, cell=cell.name)
     return row, table
 
 

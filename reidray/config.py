@@ -21,6 +21,20 @@ SYNTHETIC = "reidray-synth"
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """The arithmetic an encoder runs in: ``auto`` is bf16 autocast on GPUs and fp32 on CPUs."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
+def first_problem(exc: ValidationError) -> tuple[tuple, str]:
+    """The first validation error as (its location, ``"where: what"``), for a one-line message."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return err["loc"], f"{where}: {err['msg']}"
+
+
 class ModelEntry(BaseModel):
     """One model of the grid, with an optional explicit weights file and precision."""
 
@@ -116,10 +130,8 @@ def load_job(path: str | Path) -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        line = _line_of(node, err["loc"])
-        raise ReidrayError(f"job file {path}, line {line}: {where}: {err['msg']}") from exc
+        loc, problem = first_problem(exc)
+        raise ReidrayError(f"job file {path}, line {_line_of(node, loc)}: {problem}") from exc
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int:

@@ -5,6 +5,10 @@ Every stage raises a subclass of ``ReidrayError`` with a message that names the 
 and exits with status 2, never a traceback.
 """
 
+from __future__ import annotations
+
+import re
+
 
 class ReidrayError(Exception):
     """An error whose message is meant for the user."""
@@ -30,5 +34,36 @@ class ImageDecodeError(ReidrayError):
     """An image file that does not decode; the message names the file."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose pixel count is past the limit (read from its header, before decoding)."""
+
+
 class CellError(ReidrayError):
     """A (model, dataset) cell that cannot be embedded or scored; the message names the cell."""
+
+
+_REMOTE_ERROR = re.compile(r"^reidray\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def user_error(exc: BaseException) -> ReidrayError | None:
+    """The reidray error a Ray failure wraps, if any.
+
+    Ray chains a task's or actor's exception as ``cause``; Ray Data's ``UserCodeException`` keeps
+    only the remote traceback's text, so the error's own line is read back from it, as its class.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ReidrayError):
+            return current
+        found = _REMOTE_ERROR.findall(str(current))
+        if found:
+            name, message = found[-1]
+            kind = globals().get(name)
+            kind = kind if isinstance(kind, type) and issubclass(kind, ReidrayError) else ReidrayError
+            error = kind.__new__(kind)
+            Exception.__init__(error, message)  # whatever the class's own __init__ takes
+            return error
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return None

@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reidray import datasets, models
+from reidray.cells import PATH, CellRecord
 from reidray.config import SYNTHETIC, JobConfig
 from reidray.errors import ReidrayError
-from reidray.store import Store, manifest_hash
+from reidray.store import Store
 
 Say = Callable[[str], None]
 
@@ -29,16 +30,6 @@ class Grid:
     datasets: dict[str, Path]  # name -> data root to load it from
     skipped: list[str] = field(default_factory=list)
     uploaded: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (local dir, URI of its copy)
-
-
-def connect(address: str | None) -> None:
-    """Start Ray locally, or join the cluster named by ``address`` / ``RAY_ADDRESS``."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=True)
 
 
 def synthetic_root(store: Store) -> Path:
@@ -119,22 +110,12 @@ def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dic
         table = datasets.load(name, root, **job.dataset_options.get(name, {}))
         if name in grid.uploaded:  # read the images from the shared copy
             local, uri = grid.uploaded[name]
-            table = table.set_column(table.schema.get_field_index("path"), "path",
-                                     pc.replace_substring(table.column("path"), local, uri, max_replacements=1))
+            table = table.set_column(table.schema.get_field_index(PATH), PATH,
+                                     pc.replace_substring(table.column(PATH), local, uri, max_replacements=1))
         store.write_table(store.manifest_path(name), table)
         say(f"dataset {name}: {table.num_rows:,} images")
         manifests[name] = table
     return manifests
-
-
-def decode_groups(model_names: list[str]) -> list[list[str]]:
-    """Models that share an input size and interpolation share one decoded copy of a dataset."""
-    from reidray.models.preprocess import resize_key
-
-    groups: dict[tuple, list[str]] = {}
-    for name in model_names:
-        groups.setdefault(resize_key(models.get(name)), []).append(name)
-    return list(groups.values())
 
 
 def _score_graph(store: Store, job: JobConfig, say: Say):
@@ -150,46 +131,19 @@ def _score_graph(store: Store, job: JobConfig, say: Say):
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
                     score: bool = True) -> list[str]:
     """Embed every cell and, as each completes, start its score task; returns the failures."""
-    from reidray.embed.pipeline import decoded_images, embed_cell, is_complete, shared_decode_blocker, user_error
-    from reidray.embed.progress import finished_line
+    from reidray.embed.dataset import embed_dataset
 
     graph = _score_graph(store, job, say)
     failures: list[str] = []
     for dataset, manifest in manifests.items():
-        digest = manifest_hash(manifest)  # once per dataset, not per model
-        for group in decode_groups(grid.models):
-            todo = [m for m in group if not is_complete(store, m, dataset, digest, weights=job.weights_for(m),
-                                                        random_init=job.random_init, settings=job.embed_for(m))]
-            decoded = None
-            share = job.embed.share_decode and len(todo) > 1
-            too_big = share and shared_decode_blocker(manifest, todo[0])
-            if too_big:
-                say(f"decode {dataset} once per model: {too_big}")
-            elif share:
-                say(f"decode {dataset} once for {', '.join(todo)}")
-                try:
-                    decoded = decoded_images(manifest, todo[0], job.embed).materialize()
-                except Exception as exc:  # a bad image fails every cell that needed it
-                    for model in todo:
-                        failures.append(f"cell {model}/{dataset}: {user_error(exc) or exc}")
-                        say(f"FAILED {failures[-1]}")
-                    continue
-            for model in group:
-                try:
-                    cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
-                                      random_init=job.random_init, settings=job.embed_for(model), say=say,
-                                      decoded=decoded, manifest_digest=digest)
-                except ReidrayError as exc:
-                    failures.append(str(exc))
-                    say(f"FAILED {exc}")
-                    continue
-                if cell.skipped:
-                    say(f"embed {model}/{dataset}: complete already ({cell.n_images:,} images), skipped")
-                else:
-                    say(finished_line(cell))
-                if score:
-                    graph.submit(cell)
-                    graph.collect()
+        protocol = datasets.get(dataset).protocol
+
+        def on_cell(cell: CellRecord) -> None:
+            if score:
+                graph.submit(cell, protocol)
+                graph.collect()
+
+        failures += embed_dataset(store, dataset, manifest, grid.models, job, say, on_cell)
     graph.collect(wait=True)
     for line in graph.failures:
         say(f"FAILED {line}")
@@ -200,8 +154,6 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
 
 def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str]:
     """Score every complete stored cell of the grid (the `score` command)."""
-    from reidray.embed.pipeline import CellEmbedding
-
     graph = _score_graph(store, job, say)
     failures = []
     for model in grid.models:
@@ -210,7 +162,12 @@ def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str
             if marker is None:
                 failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
                 continue
-            graph.submit(CellEmbedding.from_marker(marker, skipped=True))
+            try:
+                cell = CellRecord.from_marker(marker, skipped=True)
+            except ReidrayError as exc:
+                failures.append(str(exc))
+                continue
+            graph.submit(cell, datasets.get(dataset).protocol)
     graph.collect(wait=True)
     for line in failures + graph.failures:
         say(f"FAILED {line}")

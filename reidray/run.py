@@ -96,11 +96,12 @@ def _open_store(root: str) -> Store:
 
 def _setup(job, data_root, out, models, datasets, random_init, address):
     from reidray import flow
+    from reidray.connect import connect
 
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
     grid = flow.resolve_grid(config, store, say)
-    flow.connect(address)
+    connect(address)
     return flow, config, store, grid
 
 

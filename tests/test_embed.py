@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ import pyarrow as pa
 import pytest
 import ray
 
+from reidray.cells import CellRecord
 from reidray.config import EmbedSettings
 from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.actor import EncoderActor
-from reidray.embed.pipeline import CellEmbedding, decoded_images, embed_cell, is_complete, shared_decode_blocker
+from reidray.embed.dataset import shared_decode_blocker
+from reidray.embed.pipeline import decoded_images, embed_cell, is_complete
 from reidray.embed.progress import ProgressTracker, finished_line, progress_line, tracker_name
+from reidray.errors import CellError
+from reidray.models import get
 from reidray.store import manifest_hash
 from reidray.store import Store
 
@@ -79,6 +84,25 @@ def test_complete_cell_is_skipped_and_a_half_written_one_redone(ray_session, dat
     redone = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
     assert not redone.skipped
     _assert_exact(store, manifest, reference)
+
+
+def test_the_cell_record_carries_the_model_facts_and_an_incomplete_record_is_redone(ray_session, data, tmp_path):
+    store = Store.open(str(tmp_path))
+    manifest = data[1]
+    first = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
+    spec = get(MODEL)
+    marker = store.cell_marker(MODEL, DATASET)
+    assert (marker["paradigm"], marker["params_m"], marker["metric"], marker["normalize"]) == (
+        spec.paradigm, spec.params_m, spec.metric, spec.normalize)
+    assert CellRecord.from_marker(marker, skipped=True) == replace(first, skipped=True)
+    # A record written by an older reidray (no model facts) is not trusted, even with the right fingerprint.
+    old = {k: v for k, v in marker.items() if k not in ("paradigm", "params_m", "metric", "normalize")}
+    store.write_json(f"{store.cell_dir(MODEL, DATASET)}/cell.json", old)
+    with pytest.raises(CellError, match="lacks paradigm, params_m, metric, normalize; rerun embed"):
+        CellRecord.from_marker(old, skipped=True)
+    redone = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
+    assert not redone.skipped and redone.fingerprint == first.fingerprint
+    assert store.cell_marker(MODEL, DATASET)["metric"] == spec.metric
 
 
 def test_a_changed_manifest_invalidates_the_cell(ray_session, data, tmp_path):
@@ -195,10 +219,16 @@ def test_busy_fraction_is_work_over_each_actors_span(ray_session):
         ray.kill(tracker)
 
 
+def _record(**kw) -> CellRecord:
+    return CellRecord(model="m", dataset="d", fingerprint="fp", n_images=12936, dim=512, embed_seconds=20.0,
+                      device="cuda", precision="bf16", random_init=False, weights_id="", paradigm="supervised",
+                      params_m=1.0, metric="cosine", normalize=True, **kw)
+
+
 def test_finished_line_names_a_starved_gpu():
-    cell = CellEmbedding("m", "d", "fp", 12936, 512, 20.0, "cuda", False, skipped=False, encoder_busy=0.5)
+    cell = _record(encoder_busy_fraction=0.5)
     line = finished_line(cell)
     assert line.startswith("embed m/d: 12,936 images in 20.0 s (647 images/s, cuda, encoder busy 50%)")
     assert "waited on decoding" in line
-    fed = CellEmbedding("m", "d", "fp", 12936, 512, 20.0, "cuda", False, skipped=False, encoder_busy=0.95)
+    fed = _record(encoder_busy_fraction=0.95)
     assert "waited" not in finished_line(fed)

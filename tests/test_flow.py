@@ -107,6 +107,36 @@ def test_score_tasks_take_the_cpus_the_job_gives_them(ray_session, flow_run, syn
     assert after["created_at"].to_list() != before["created_at"].to_list()
 
 
+DRIVER = """
+import sys
+from reidray.run import app
+try:
+    app(sys.argv[1:])
+except SystemExit as done:
+    status = done.code
+print("torch imported" if "torch" in sys.modules else "torch not imported")
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize("command", ["score", "report"])
+def test_score_and_report_drivers_never_import_torch(ray_session, flow_run, synth_root, command):
+    """Scoring reads stored cells and ranks in Ray tasks; the report reads results Parquet: neither
+    driver needs a framework (the contracts carry every model fact they use)."""
+    import subprocess
+    import sys
+
+    out, _ = flow_run
+    args = ["report", "--out", str(out)]
+    if command == "score":
+        address = ray_session.get_runtime_context().gcs_address
+        args = ["score", "--out", str(out), "--data-root", str(synth_root), "-m", "handcrafted", "-d",
+                "reidray-synth", "--address", address]
+    done = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("torch not imported"), done.stdout
+
+
 def test_score_tasks_no_node_can_hold_are_named(ray_session):
     assert placement_warning(ScoreSettings(num_cpus=2)) is None
     warning = placement_warning(ScoreSettings(num_cpus=64))

@@ -225,3 +225,12 @@ def test_status_rows_list_every_model_without_touching_the_network(monkeypatch):
     for row in rows:
         assert {"model", "paradigm", "params_m", "input", "dim", "metric", "available", "weights"} <= set(row)
         assert row["available"] is (not get(row["model"]).needs_weights)
+
+
+def test_the_checkpoint_folder_is_torchs_own_without_importing_torch(monkeypatch, tmp_path):
+    for env in ({}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {"TORCH_HOME": str(tmp_path / "th")}):
+        for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert W._checkpoint_dir() == Path(torch.hub.get_dir()) / "checkpoints"

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from reidray import datasets
 from reidray.errors import CellError, UnknownNameError
 from reidray.score import evaluate
 from reidray.score.protocols import PROTOCOLS, score_cell
@@ -60,8 +61,14 @@ def direct(table: pa.Table, q: np.ndarray, g: np.ndarray, **kwargs) -> dict:
     return evaluate(f[q], f[g], pid[q], pid[g], cam[q], cam[g], metric="cosine", max_rank=50, **kwargs)
 
 
+def protocol(dataset: str) -> str:
+    """The dataset's protocol, as its registry entry names it (UnknownNameError for other names)."""
+    return datasets.get(dataset).protocol
+
+
 def test_every_dataset_has_a_protocol() -> None:
-    assert set(PROTOCOLS) == {
+    assert all(protocol(name) in PROTOCOLS for name in datasets.names())
+    assert set(datasets.names()) == {
         "reidray-synth",
         "market1501",
         "dukemtmcreid",
@@ -78,7 +85,7 @@ def test_every_dataset_has_a_protocol() -> None:
 @pytest.mark.parametrize("dataset", ["reidray-synth", "market1501", "dukemtmcreid", "msmt17", "cuhk03", "pku", "iust"])
 def test_market_style_datasets_score_query_against_gallery_with_the_market_rule(dataset: str) -> None:
     table = make_table()
-    [row] = score_cell(dataset, table, "cosine")
+    [row] = score_cell(protocol(dataset), table, "cosine")
     split = column(table, "split")
     expected = direct(table, split == "query", split == "gallery")
     assert set(row) == ROW_KEYS
@@ -94,7 +101,7 @@ def test_junk_is_ignored_and_distractors_are_gallery_negatives_only() -> None:
     rng = np.random.default_rng(1)
     junk, distractor = rng.random(base.num_rows) < 0.1, rng.random(base.num_rows) < 0.1
     table = make_table(seed=1, is_junk=junk, is_distractor=distractor)
-    [row] = score_cell("market1501", table, "cosine")
+    [row] = score_cell(protocol("market1501"), table, "cosine")
     split = column(table, "split")
     q = (split == "query") & ~junk & ~distractor
     g = (split == "gallery") & ~junk
@@ -108,14 +115,14 @@ def test_junk_is_ignored_and_distractors_are_gallery_negatives_only() -> None:
 def test_market_rule_refuses_a_dataset_without_camera_ids() -> None:
     table = make_table(camid=np.full(240, -1, np.int32))
     with pytest.raises(CellError, match="no camera ids") as error:
-        score_cell("market1501", table, "cosine", cell="clip/market1501")
+        score_cell(protocol("market1501"), table, "cosine", cell="clip/market1501")
     assert str(error.value).startswith("cell clip/market1501: ")
 
 
 @pytest.mark.parametrize("dataset", ["celebreid", "last"])
 def test_celeb_and_last_count_same_camera_matches(dataset: str) -> None:
     table = make_table(camid=np.full(240, -1 if dataset == "last" else 0, np.int32))
-    [row] = score_cell(dataset, table, "cosine")
+    [row] = score_cell(protocol(dataset), table, "cosine")
     split = column(table, "split")
     expected = direct(table, split == "query", split == "gallery", camera_filter=False)
     assert row["protocol"] == "no-camera-filter"
@@ -148,7 +155,7 @@ def grid_table(n: int = 300, empty_trial: int | None = None) -> tuple[pa.Table, 
 
 def test_grid_scores_each_of_its_ten_trials_and_their_mean() -> None:
     table, member = grid_table()
-    rows = score_cell("grid", table, "cosine")
+    rows = score_cell(protocol("grid"), table, "cosine")
     assert [(r["trial"], r["aggregate"]) for r in rows] == [(t, False) for t in range(10)] + [(-1, True)]
     split, distractor = column(table, "split"), column(table, "is_distractor")
     for t in (0, 7):
@@ -166,24 +173,24 @@ def test_grid_scores_each_of_its_ten_trials_and_their_mean() -> None:
 
 def test_grid_without_its_partition_or_with_an_empty_trial_fails_naming_it() -> None:
     with pytest.raises(CellError, match="grid_trials"):
-        score_cell("grid", make_table(), "cosine")
+        score_cell(protocol("grid"), make_table(), "cosine")
     table, _ = grid_table(empty_trial=3)
     with pytest.raises(CellError, match=r"GRID trial 3\): the query set is empty"):
-        score_cell("grid", table, "cosine")
+        score_cell(protocol("grid"), table, "cosine")
 
 
 def test_embedding_columns_of_other_shapes_and_chunked_tables() -> None:
     table = make_table()
-    [reference] = score_cell("market1501", table, "cosine")
+    [reference] = score_cell(protocol("market1501"), table, "cosine")
     f = features(table)
     as_list = table.set_column(6, "embedding", pa.array(list(f), type=pa.list_(pa.float32())))
     half = table.set_column(
         6, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(f.ravel().astype(np.float16)), DIM)
     )
     chunked = pa.concat_tables([table.slice(0, 100), table.slice(100)])
-    assert score_cell("market1501", as_list, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"])
-    assert score_cell("market1501", chunked, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"])
-    assert score_cell("market1501", half, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"], abs=0.02)
+    assert score_cell(protocol("market1501"), as_list, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"])
+    assert score_cell(protocol("market1501"), chunked, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"])
+    assert score_cell(protocol("market1501"), half, "cosine")[0]["mAP"] == pytest.approx(reference["mAP"], abs=0.02)
 
 
 def test_bad_tables_fail_the_cell() -> None:
@@ -192,17 +199,17 @@ def test_bad_tables_fail_the_cell() -> None:
     f[5, 2] = np.nan
     nan = table.set_column(6, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(f.ravel()), DIM))
     with pytest.raises(CellError, match="cell vit/msmt17: .*NaN or infinite"):
-        score_cell("msmt17", nan, "cosine", cell="vit/msmt17")
+        score_cell(protocol("msmt17"), nan, "cosine", cell="vit/msmt17")
     ragged = table.set_column(6, "embedding", pa.array([[1.0, 2.0]] + [[1.0]] * 239))
     with pytest.raises(CellError, match="different lengths"):
-        score_cell("msmt17", ragged, "cosine")
+        score_cell(protocol("msmt17"), ragged, "cosine")
     with pytest.raises(CellError, match="lacks column.*is_junk"):
-        score_cell("msmt17", table.drop_columns(["is_junk"]), "cosine")
+        score_cell(protocol("msmt17"), table.drop_columns(["is_junk"]), "cosine")
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:
     with pytest.raises(UnknownNameError, match="market1501"):
-        score_cell("viper", make_table(), "cosine")
+        score_cell(protocol("viper"), make_table(), "cosine")
 
 
 @pytest.mark.parametrize("dataset", ["grid", "last", "pku"])
@@ -219,6 +226,6 @@ def test_manifests_from_the_dataset_parsers_score_end_to_end(dataset: str, tmp_p
         (len(identity), DIM)
     )
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(features.astype(np.float32).ravel()), DIM)
-    rows = score_cell(dataset, manifest.append_column("embedding", embedding), "cosine")
+    rows = score_cell(protocol(dataset), manifest.append_column("embedding", embedding), "cosine")
     assert len(rows) == (11 if dataset == "grid" else 1)
     assert all(r["n_query_scored"] > 0 and r["mAP"] > 0.9 for r in rows)  # identity-coded features

@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from reidray import datasets
+from reidray.cells import CellRecord
 from reidray.datasets.synth import generate
 from reidray.errors import ReidrayError
 from reidray.models import get
@@ -56,9 +57,11 @@ def _hand_made_cell(store: Store, manifest: pa.Table, model: str, planted: np.nd
     table = gallery.select(["image_id", "pid", "camid", "split"]).append_column("embedding", embedding_array(vectors))
     cell = store.cell_dir(model, DATASET)
     store.write_table(f"{cell}/part-0.parquet", table)
-    store.write_json(f"{cell}/cell.json", {"fingerprint": "hand-made-for-the-wiring-test", "random_init": random_init,
-                                           "weights_id": spec.weights_id, "n_images": table.num_rows,
-                                           "dim": spec.dim})
+    record = CellRecord(model=model, dataset=DATASET, fingerprint="hand-made-for-the-wiring-test",
+                        n_images=table.num_rows, dim=spec.dim, embed_seconds=0.0, device="cpu", precision="fp32",
+                        random_init=random_init, weights_id=spec.weights_id, paradigm=spec.paradigm,
+                        params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize)
+    store.write_json(f"{cell}/cell.json", record.to_marker())
     return table.column("image_id").to_pylist()[: len(planted)]
 
 

@@ -72,6 +72,7 @@ SPEC = DatasetSpec(
     name=NAME,
     title="Celeb-reID",
     folders=("Celeb-reID",),
+    protocol="no-camera-filter",
     parse=parse,
     looks_like=looks_like,
     official={

@@ -257,6 +257,7 @@ SPEC = DatasetSpec(
     name=NAME,
     title="CUHK03-NP",
     folders=("cuhk03",),
+    protocol="market",
     parse=parse,
     looks_like=looks_like,
     official={

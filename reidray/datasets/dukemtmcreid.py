@@ -40,6 +40,7 @@ SPEC = DatasetSpec(
     name="dukemtmcreid",
     title="DukeMTMC-reID",
     folders=("DukeMTMC-reID", "dukemtmc"),
+    protocol="market",
     parse=parse,
     looks_like=market_style.looks_like,
     official={

@@ -139,6 +139,7 @@ SPEC = DatasetSpec(
     name=NAME,
     title="GRID",
     folders=("underground_reid", "grid"),
+    protocol="grid",
     parse=parse,
     looks_like=looks_like,
     official={"query": Counts(250, 250, 8), "gallery": Counts(1025, 250, 8)},

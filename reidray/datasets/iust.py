@@ -39,6 +39,7 @@ SPEC = DatasetSpec(
     name="iust",
     title="IUST_PersonReID",
     folders=("IUSTPersonReID", "IUSReID"),  # IUST_PersonReID too: names compare without punctuation
+    protocol="market",
     parse=parse,
     looks_like=market_style.looks_like,
     note="117,455 images, 1,847 identities in all; per-split sizes are not published",

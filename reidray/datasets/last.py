@@ -99,6 +99,7 @@ SPEC = DatasetSpec(
     name=NAME,
     title="LaST",
     folders=("last",),
+    protocol="no-camera-filter",
     parse=parse,
     looks_like=looks_like,
     official={

@@ -12,19 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from reidray.cells import MANIFEST_SCHEMA
 from reidray.errors import DatasetLayoutError
 
-SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("pid", pa.int64(), nullable=False),
-        pa.field("camid", pa.int32(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("is_junk", pa.bool_(), nullable=False),
-        pa.field("is_distractor", pa.bool_(), nullable=False),
-    ]
-)
+SCHEMA = MANIFEST_SCHEMA  # the contract every stage reads (reidray/cells.py)
 SPLITS = ("query", "gallery", "train")
 NO_CAMERA = -1  # camid of datasets without camera ids: the Market rule removes nothing
 

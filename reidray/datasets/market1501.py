@@ -43,6 +43,7 @@ SPEC = DatasetSpec(
     name="market1501",
     title="Market-1501",
     folders=("Market-1501", "market1501"),
+    protocol="market",
     parse=parse,
     looks_like=market_style.looks_like,
     official={

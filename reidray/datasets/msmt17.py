@@ -146,6 +146,7 @@ SPEC = DatasetSpec(
     name=NAME,
     title="MSMT17",
     folders=("MSMT17",),
+    protocol="market",
     parse=parse,
     looks_like=looks_like,
     official={

@@ -108,6 +108,7 @@ SPEC = DatasetSpec(
     name=NAME,
     title="PKU-Reid",
     folders=("pku",),  # PKU-Reid-Dataset, PKUv1a_128x48, pku-reid ...
+    protocol="market",
     parse=parse,
     looks_like=looks_like,
     official={

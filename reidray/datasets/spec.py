@@ -25,11 +25,13 @@ class Counts:
 class DatasetSpec:
     """One registered dataset. `parse(dataset_dir, **options)` returns the validated manifest;
     `looks_like(folder)` recognises the unpacked release; `folders` are the names it is
-    usually unpacked under (matched ignoring case and punctuation, as prefixes)."""
+    usually unpacked under (matched ignoring case and punctuation, as prefixes); `protocol` names
+    its evaluation protocol, which score/protocols.py defines (market | grid | no-camera-filter)."""
 
     name: str
     title: str
     folders: tuple[str, ...]
+    protocol: str
     parse: Callable[..., pa.Table]
     looks_like: Callable[[Path], bool]
     official: Mapping[str, Counts] = field(default_factory=dict)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from reidray.embed.decode import PASSTHROUGH
+from reidray.cells import EMBEDDING, LABELS
 
 
 def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -65,7 +65,7 @@ class EncoderActor:
         if self.spec.uses_camera:
             camids = torch.from_numpy(np.asarray(batch["camid"], dtype=np.int64)).to(self.device)
         vectors = self.embed(pixels, camids).cpu().numpy()
-        columns = {k: pa.array(np.asarray(batch[k])) for k in PASSTHROUGH}
+        columns = {k: pa.array(np.asarray(batch[k])) for k in LABELS}
         if self.tracker is not None:
             self.tracker.add.remote(len(vectors), started, time.time(), self.actor_id)
-        return pa.table({**columns, "embedding": embedding_array(vectors)})
+        return pa.table({**columns, EMBEDDING: embedding_array(vectors)})

@@ -12,7 +12,6 @@ a crash ends with exactly one row per image.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,41 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from reidray.config import EmbedSettings
+from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord
+from reidray.config import EmbedSettings, resolve_precision
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
-from reidray.errors import CellError, ReidrayError
+from reidray.errors import CellError, user_error
 from reidray.models import get
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, fingerprint, manifest_hash
-
-
-@dataclass(frozen=True)
-class CellEmbedding:
-    """What the embed stage tells the score stage and the results rows about a cell."""
-
-    model: str
-    dataset: str
-    fingerprint: str
-    n_images: int
-    dim: int
-    embed_seconds: float
-    device: str
-    random_init: bool
-    skipped: bool
-    encoder_busy: float | None = None  # see ProgressTracker.busy_fraction
-
-    @classmethod
-    def from_marker(cls, marker: dict, *, skipped: bool) -> CellEmbedding:
-        """A stored cell, as its ``cell.json`` describes it."""
-        return cls(marker["model"], marker["dataset"], marker["fingerprint"], marker["n_images"], marker["dim"],
-                   marker["embed_seconds"], marker["device"], marker["random_init"], skipped,
-                   marker.get("encoder_busy_fraction"))
-
-    @property
-    def images_per_second(self) -> float:
-        return self.n_images / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
 def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
@@ -93,17 +66,26 @@ def resources(settings: EmbedSettings) -> Resources:
     num_gpus = settings.num_gpus if settings.num_gpus is not None else (1.0 if gpus_in_cluster else 0.0)
     if num_gpus == 0:
         # On CPU an actor already uses every core through torch; more actors only contend.
-        precision = "fp32" if settings.precision == "auto" else settings.precision
-        return Resources(0.0, (1, 1), "cpu", precision)
-    precision = "bf16" if settings.precision == "auto" else settings.precision
-    return Resources(num_gpus, settings.concurrency, "cuda", precision)
+        return Resources(0.0, (1, 1), "cpu", resolve_precision(settings.precision, "cpu"))
+    return Resources(num_gpus, settings.concurrency, "cuda", resolve_precision(settings.precision, "cuda"))
 
 
 def is_complete(store: Store, model: str, dataset: str, manifest_digest: str, *, weights: str | None,
                 random_init: bool, settings: EmbedSettings) -> bool:
     """Whether the stored cell already holds exactly what this run would write."""
     fp = cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision)
-    return store.cell_complete(model, dataset, fp)
+    return stored_cell(store, model, dataset, fp) is not None
+
+
+def stored_cell(store: Store, model: str, dataset: str, fp: str) -> CellRecord | None:
+    """The stored cell when its record is whole and carries fingerprint ``fp``; else None (redo it)."""
+    marker = store.cell_marker(model, dataset)
+    if marker is None or marker.get("fingerprint") != fp:
+        return None
+    try:
+        return CellRecord.from_marker(marker, skipped=True)
+    except CellError:  # a record from an older reidray, or edited: the cell is redone
+        return None
 
 
 def _quiet_ray_data() -> None:
@@ -116,7 +98,7 @@ def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> r
     """The CPU stage: every manifest image decoded and resized for ``model`` (and any model with
     the same input size and interpolation)."""
     _quiet_ray_data()
-    rows = manifest.select(["image_id", "path", "pid", "camid", "split"])
+    rows = manifest.select([PATH, *LABELS])
     # One block per decode batch: Ray Data runs one task per input block, so a manifest handed
     # over whole would be decoded by a single task, on one core, whatever the cluster.
     step = settings.decode_batch_size
@@ -124,43 +106,6 @@ def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> r
     return ray.data.from_arrow(blocks).map_batches(
         decode_resize, fn_kwargs={"model": model}, batch_size=step
     )
-
-
-SHARED_DECODE_SHARE = 0.5  # of the cluster's object store; a bigger decoded copy would spill to disk
-
-
-def shared_decode_blocker(manifest: pa.Table, model: str) -> str | None:
-    """Why a dataset should be decoded once per model instead of once for its decode group: the
-    shared copy is held in the object store while every model of the group reads it."""
-    h, w = get(model).input_size
-    needed = manifest.num_rows * h * w * 3
-    store_bytes = ray.cluster_resources().get("object_store_memory", 0)
-    if needed <= SHARED_DECODE_SHARE * store_bytes:
-        return None
-    return (f"its decoded pixels ({needed / 1e9:.1f} GB) would fill more than half of the object store "
-            f"({store_bytes / 1e9:.1f} GB)")
-
-
-_REMOTE_ERROR = re.compile(r"^reidray\.errors\.\w+: (.+)$", re.MULTILINE)
-
-
-def user_error(exc: BaseException) -> ReidrayError | None:
-    """The reidray error a Ray failure wraps, if any.
-
-    Ray chains a task's exception as ``cause``; Ray Data's ``UserCodeException`` keeps only the
-    remote traceback's text, so the error's own line is read back from it.
-    """
-    seen = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ReidrayError):
-            return current
-        found = _REMOTE_ERROR.findall(str(current))
-        if found:
-            return ReidrayError(found[-1])
-        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
-    return None
 
 
 def embed_cell(
@@ -175,7 +120,7 @@ def embed_cell(
     say: Callable[[str], None] = print,
     decoded: ray.data.Dataset | None = None,
     manifest_digest: str | None = None,
-) -> CellEmbedding:
+) -> CellRecord:
     """Embed one dataset with one model, or skip it when its complete cell is already stored.
 
     ``decoded`` is the output of :func:`decoded_images` when several models share it;
@@ -185,9 +130,9 @@ def embed_cell(
     spec = get(model)
     res = resources(settings)
     fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision)
-    marker = store.cell_marker(model, dataset)
-    if marker is not None and marker.get("fingerprint") == fp:
-        return CellEmbedding.from_marker(marker, skipped=True)
+    stored = stored_cell(store, model, dataset, fp)
+    if stored is not None:
+        return stored
 
     cell_dir = store.cell_dir(model, dataset)
     store.clear_dir(cell_dir)  # drops any half-written attempt, marker included
@@ -226,36 +171,24 @@ def embed_cell(
 
     written = store.read_cell(model, dataset)
     _verify(written, manifest, model, dataset)
-    dim = written.schema.field("embedding").type.list_size
-    store.write_json(
-        f"{cell_dir}/cell.json",
-        {
-            "fingerprint": fp,
-            "model": model,
-            "dataset": dataset,
-            "random_init": random_init,
-            "weights_id": spec.weights_id,
-            "n_images": written.num_rows,
-            "dim": dim,
-            "embed_seconds": seconds,
-            "steady_images_per_second": steady,
-            "encoder_busy_fraction": busy,
-            "device": res.device,
-            "precision": res.precision,
-            "created_at": datetime.now(timezone.utc).isoformat(),
-        },
+    cell = CellRecord(
+        model=model, dataset=dataset, fingerprint=fp, n_images=written.num_rows,
+        dim=written.schema.field(EMBEDDING).type.list_size, embed_seconds=seconds, device=res.device,
+        precision=res.precision, random_init=random_init, weights_id=spec.weights_id, paradigm=spec.paradigm,
+        params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize, steady_images_per_second=steady,
+        encoder_busy_fraction=busy, created_at=datetime.now(timezone.utc).isoformat(),
     )
-    return CellEmbedding(model, dataset, fp, written.num_rows, dim, seconds, res.device, random_init,
-                         skipped=False, encoder_busy=busy)
+    store.write_json(f"{cell_dir}/cell.json", cell.to_marker())
+    return cell
 
 
 def _verify(written: pa.Table, manifest: pa.Table, model: str, dataset: str) -> None:
     """Exactly one row per manifest image, finite embeddings: otherwise the cell is not complete."""
-    ids = written.column("image_id")
+    ids = written.column(IMAGE_ID)
     if written.num_rows != manifest.num_rows or pc.count_distinct(ids).as_py() != manifest.num_rows:
         raise CellError(
             f"cell {model}/{dataset}: wrote {written.num_rows} rows for {manifest.num_rows} images; "
             "the cell is left incomplete and will be redone"
         )
-    if not pc.all(pc.is_in(ids, value_set=manifest.column("image_id"))).as_py():
+    if not pc.all(pc.is_in(ids, value_set=manifest.column(IMAGE_ID))).as_py():
         raise CellError(f"cell {model}/{dataset}: embeddings hold image ids that are not in the manifest")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import ray
 
 if TYPE_CHECKING:
-    from reidray.embed.pipeline import CellEmbedding
+    from reidray.cells import CellRecord
 
 STARVED = 0.7  # encoder busy below this share of its time: the CPU stage is the bottleneck
 
@@ -82,14 +82,14 @@ def progress_line(label: str, done: int, total: int, elapsed: float) -> str:
     return line
 
 
-def finished_line(cell: CellEmbedding) -> str:
+def finished_line(cell: CellRecord) -> str:
     """A finished cell's pace, and whether decoding held the encoder back."""
     line = (f"embed {cell.model}/{cell.dataset}: {cell.n_images:,} images in {cell.embed_seconds:.1f} s "
             f"({cell.images_per_second:.0f} images/s, {cell.device}")
-    if cell.encoder_busy is None:
+    if cell.encoder_busy_fraction is None:
         return line + ")"
-    line += f", encoder busy {cell.encoder_busy:.0%})"
-    if cell.device == "cuda" and cell.encoder_busy < STARVED:
+    line += f", encoder busy {cell.encoder_busy_fraction:.0%})"
+    if cell.device == "cuda" and cell.encoder_busy_fraction < STARVED:
         line += "; the GPUs waited on decoding: give the GPU nodes more CPUs or raise embed.decode_batch_size"
     return line
 

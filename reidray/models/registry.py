@@ -1,4 +1,8 @@
-"""The registry: one entry per model, every fact about it in one place.
+"""The registry: one entry per model, every fact about it in one place (the catalogue).
+
+It imports neither torch nor any model library, so anything that only needs a model's facts
+(the CLI's name checks, the grid, serve's routing) reads them without loading a framework;
+``factory`` builds encoders from these entries.
 
 A model's weights, input size, resize policy, normalisation, embedding output, distance and
 parameter count live only here (DESIGN.md: one concept, one home). The builders in the family
@@ -24,13 +28,8 @@ Table 1 of the paper counted whole modules; ``paper_params_m`` keeps its figure 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reidray.errors import UnknownNameError
-
-if TYPE_CHECKING:
-    from reidray.models.encoder import Encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,64 +227,3 @@ def get(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise UnknownNameError("model", name, names()) from None
-
-
-def build(
-    name: str,
-    *,
-    weights: str | Path | None = None,
-    random_init: bool = False,
-    device: str = "cpu",
-) -> Encoder:
-    """Build ``name``'s encoder in eval mode on ``device``, weights resolved (see ``weights.resolve``).
-
-    ``random_init=True`` skips the weights and initialises the architecture from a fixed seed,
-    so every process (e.g. each Ray actor) builds the same random model; it is for tests and
-    throughput runs only, and the encoder carries ``random_init=True`` into every output.
-    Raises WeightsNotFoundError when the weights are missing and cannot be downloaded.
-    """
-    import importlib
-
-    import torch
-
-    from reidray.models import weights as _weights
-
-    spec = get(name)
-    path = None
-    if spec.needs_weights and not random_init:
-        path = _weights.resolve(spec, weights)
-    family = importlib.import_module(f"reidray.models.{spec.family}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = family.build(spec, path, random_init=random_init and spec.needs_weights)
-    encoder.requires_grad_(False)
-    return encoder.to(device).eval()
-
-
-def weights_status(name: str, weights: str | Path | None = None) -> tuple[bool, str]:
-    """(available, where the weights are or why not), looking only on this machine (never downloads)."""
-    from reidray.models import weights as _weights
-
-    return _weights.status(get(name), weights)
-
-
-def status_rows(weights: dict[str, str | Path] | None = None) -> list[dict[str, object]]:
-    """One row per model for ``python -m reidray.run models``: the spec's headline facts and weights status."""
-    rows = []
-    for spec in MODELS.values():
-        ok, where = weights_status(spec.name, (weights or {}).get(spec.name))
-        rows.append(
-            {
-                "model": spec.name,
-                "paradigm": spec.paradigm,
-                "params_m": spec.params_m,
-                "input": f"{spec.input_size[0]}x{spec.input_size[1]}",
-                "dim": spec.dim,
-                "metric": spec.metric,
-                "library": spec.library,
-                "weights_id": spec.weights_id or "-",
-                "available": ok,
-                "weights": where,
-            }
-        )
-    return rows

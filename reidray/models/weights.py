@@ -90,10 +90,12 @@ def _weights_dir(spec: ModelSpec) -> Path | None:
 
 
 def _checkpoint_dir() -> Path:
-    """torch's checkpoint folder (``$TORCH_HOME/hub/checkpoints``): where file checkpoints are cached."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch's checkpoint folder, where file checkpoints are cached: ``torch.hub.get_dir()/checkpoints``,
+    derived by torch's documented rule ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch)
+    so that looking for weights does not import torch (tests hold it equal to torch's own)."""
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))
+    return Path(home).expanduser() / "hub" / "checkpoints"
 
 
 def _library_cache(spec: ModelSpec) -> Path | None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import polars as pl
 
+from reidray.config import SYNTHETIC
 from reidray.errors import ReidrayError
-from reidray.models import MODELS
+from reidray.report.paper import PAPER_DATASETS, paper_models
 from reidray.store import Store
 
 RANDOM_INIT_MARK = " (random-init)"
 
-# Table 2's column order, then reidray's own datasets.
-PAPER_DATASETS = ("msmt17", "market1501", "dukemtmcreid", "cuhk03", "grid", "pku", "last", "iust", "celebreid")
 SHORT_NAMES = {
     "msmt17": "MSMT17", "market1501": "Market", "dukemtmcreid": "Duke", "cuhk03": "CUHK03", "grid": "GRID",
     "pku": "PKU", "last": "LaST", "iust": "IUST", "celebreid": "Celeb",
@@ -26,7 +25,6 @@ SHORT_NAMES = {
 TRAINING_DOMAIN = "msmt17"
 SURVEILLANCE = ("msmt17", "market1501", "dukemtmcreid", "cuhk03")
 IN_THE_WILD = ("last", "celebreid")
-SYNTHETIC = "reidray-synth"
 
 PARADIGMS = ("supervised", "language-aligned", "self-supervised", "hand-crafted", "control")
 METRICS = ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")
@@ -71,12 +69,13 @@ def headline(results: pl.DataFrame) -> pl.DataFrame:
 
 
 def _label_order(rows: pl.DataFrame) -> dict[str, int]:
-    """Registry order (the paper's), random-init right after its trained twin, unknown models last."""
-    registry = {name: i for i, name in enumerate(MODELS)}
+    """The paper's order (its Table 2), then the other models by name; random-init right after its
+    trained twin."""
+    order = {name: i for i, name in enumerate(paper_models())}
     pairs = rows.select("label", "model", "random_init").unique()
     ranked = sorted(
         pairs.iter_rows(named=True),
-        key=lambda r: (registry.get(r["model"], len(registry)), r["model"], r["random_init"]),
+        key=lambda r: (order.get(r["model"], len(order)), r["model"], r["random_init"]),
     )
     return {r["label"]: i for i, r in enumerate(ranked)}
 

@@ -15,14 +15,13 @@ from importlib import resources
 
 import polars as pl
 
-from reidray.models import MODELS
-from reidray.report.frame import PAPER_DATASETS
-
 SOURCE = (
     'Table 2 of "Person Re-ID in 2025: Supervised, Self-Supervised, and Language-Aligned - What Works?" '
     "(L. Balasubramanian, 2026)"
 )
 AGREE_PP = 1.0  # a cell within this many percentage points of the paper's agrees
+# Table 2's column order (the report puts reidray's own datasets after them).
+PAPER_DATASETS = ("msmt17", "market1501", "dukemtmcreid", "cuhk03", "grid", "pku", "last", "iust", "celebreid")
 
 
 @cache
@@ -34,6 +33,11 @@ def paper_table() -> pl.DataFrame:
         return pl.read_csv(
             handle, comment_prefix="#", schema_overrides={d: pl.Float64 for d in PAPER_DATASETS}
         )
+
+
+def paper_models() -> list[str]:
+    """The registry names of Table 2's models, in the paper's order (which the report keeps)."""
+    return paper_table()["model"].to_list()
 
 
 def paper_long() -> pl.DataFrame:
@@ -61,11 +65,10 @@ class Cause:
         return (self.models is None or model in self.models) and (self.datasets is None or dataset in self.datasets)
 
 
-def causes() -> list[Cause]:
-    """The known causes, facts about reidray's side read from the model registry."""
-    clipreid = MODELS["clip-reid-vit-b16"]
-    osnet = MODELS["osnet-x1.0"]
-    spatial = MODELS["pe-spatial-s16-512"]
+def causes(head: pl.DataFrame) -> list[Cause]:
+    """The known causes; facts about reidray's side (a model's metric) read from its result rows."""
+    metrics = dict(head.select("model", "metric").unique().iter_rows()) if "metric" in head.columns else {}
+    osnet, spatial = "osnet-x1.0", "pe-spatial-s16-512"
     return [
         Cause(
             "preprocessing-bug", "The study's preprocessing bug (CLIP and PE models)",
@@ -86,24 +89,24 @@ def causes() -> list[Cause]:
             "clipreid-checkpoint", "CLIP-ReID checkpoint",
             "The study's configuration (cross-domain mode, SIE off) loads CLIP-ReID's MSMT17 ViT-baseline "
             "checkpoint (CLIP fine-tuned with ID and triplet losses, no prompt stage) and discards its "
-            f"fine-tuned position embedding; reidray loads {clipreid.weights_id} (CLIP-ReID with SIE and "
-            "overlapping patches; the authors' own configuration notes about 74% MSMT17 mAP for it) strictly, "
+            "fine-tuned position embedding; reidray loads the released MSMT17 CLIP-ReID checkpoint with SIE and "
+            "overlapping patches (the authors' own configuration notes about 74% MSMT17 mAP for it) strictly, "
             "position embedding and camera embedding included.",
-            models=frozenset({clipreid.name}),
+            models=frozenset({"clip-reid-vit-b16"}),
         ),
         Cause(
             "osnet-distance", "OSNet distance on the largest datasets",
             "On Market-1501, MSMT17 and LaST the study's batched path ranked by 2 - 2 q.g, which for OSNet's "
             f"unnormalised features is a raw dot product (squared Euclidean elsewhere); reidray ranks OSNet by "
-            f"{osnet.metric} distance on every dataset.",
-            models=frozenset({osnet.name}), datasets=frozenset({"market1501", "msmt17", "last"}),
+            f"{metrics.get(osnet, 'euclidean')} distance on every dataset.",
+            models=frozenset({osnet}), datasets=frozenset({"market1501", "msmt17", "last"}),
         ),
         Cause(
             "pe-spatial-distance", "PE-Spatial distance",
             "PE-Spatial's token-mean features are not normalised; the study compared them by squared Euclidean "
-            f"distance or raw dot product depending on the dataset's size, reidray by {spatial.metric} on every "
-            "dataset.",
-            models=frozenset({spatial.name}),
+            f"distance or raw dot product depending on the dataset's size, reidray by {metrics.get(spatial, 'cosine')} "
+            "on every dataset.",
+            models=frozenset({spatial}),
         ),
         Cause(
             "double-resize", "Resized twice in the study",
@@ -149,7 +152,7 @@ def compare(head: pl.DataFrame) -> pl.DataFrame:
     Random-initialised rows are dropped before the join."""
     ours = head.filter(~pl.col("random_init")).select("model", "dataset", (pl.col("mAP") * 100).alias("mAP"))
     joined = ours.join(paper_long(), on=["model", "dataset"], how="inner")
-    known = causes()
+    known = causes(head)
     return joined.with_columns(
         (pl.col("mAP") - pl.col("paper_mAP")).alias("delta"),
         ((pl.col("mAP") - pl.col("paper_mAP")).abs() <= AGREE_PP).alias("agrees"),

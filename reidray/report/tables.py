@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from reidray.models import MODELS
 from reidray.report import paper
 from reidray.report.frame import (
     IN_THE_WILD, PARADIGMS, SURVEILLANCE, TRAINING_DOMAIN, common_datasets, dataset_order, group_mean, labels, short,
@@ -162,10 +161,11 @@ def paradigm_table(head: pl.DataFrame) -> Table:
         f"group only with all of its datasets. MSMT17 is the supervised models' training set. {MISSING}: no "
         "model of the paradigm has the datasets. Random-init rows are left out."
     )
+    paradigm_of = dict(trained.select("model", "paradigm").unique().iter_rows())  # reidray's, from its rows
     differs = [
         f"{r['model']} (paper: {r['paper_paradigm']})"
         for r in paper.paper_table().iter_rows(named=True)
-        if r["model"] in set(trained["model"].to_list()) and r["paper_paradigm"].lower() != MODELS[r["model"]].paradigm
+        if r["model"] in paradigm_of and r["paper_paradigm"].lower() != paradigm_of[r["model"]]
     ]
     if differs:
         table.notes.append(f"Paradigms are reidray's; the paper's Table 1 puts differently: {', '.join(differs)}.")
@@ -188,11 +188,11 @@ def comparison_table(head: pl.DataFrame) -> Table:
         table.notes.append(f"No result here is a cell of the paper's Table 2 ({paper.SOURCE}), so nothing is compared.")
         _not_compared_note(table, not_compared)
         return table
-    known = [c for c in paper.causes() if any(c.key in keys for keys in cells["causes"].to_list())]
+    known = [c for c in paper.causes(head) if any(c.key in keys for keys in cells["causes"].to_list())]
     number = {c.key: i + 1 for i, c in enumerate(known)}
     datasets = [d for d in dataset_order(cells) if d in set(cells["dataset"].to_list())]
     by_cell = {(r["model"], r["dataset"]): r for r in cells.iter_rows(named=True)}
-    models = [m for m in MODELS if m in set(cells["model"].to_list())]
+    models = [m for m in paper.paper_models() if m in set(cells["model"].to_list())]
     names = dict(zip(cells["model"].to_list(), cells["paper_model"].to_list()))
     table.header = ["model (paper's name)", *[short(d) for d in datasets]]
     for model in models:

@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from reidray.cells import IMAGE_ID, LABELS, CellRecord
 from reidray.config import ScoreSettings
-from reidray.embed.pipeline import CellEmbedding
-from reidray.errors import CellError, ReidrayError
-from reidray.models import get
+from reidray.errors import CellError, ReidrayError, user_error
 from reidray.score.results import to_table
 from reidray.store import Store
 
@@ -25,10 +24,10 @@ def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
     """The cell's embeddings with its manifest's columns (dataset-specific ones included)."""
     embeddings = store.read_cell(model, dataset)
     manifest = store.read_table(store.manifest_path(dataset))
-    order = pc.index_in(embeddings.column("image_id"), value_set=manifest.column("image_id"))
+    order = pc.index_in(embeddings.column(IMAGE_ID), value_set=manifest.column(IMAGE_ID))
     if order.null_count:
         raise CellError(f"cell {model}/{dataset}: embeddings and manifest disagree on the image ids; rerun embed")
-    extra = manifest.take(order).drop_columns(["image_id", "pid", "camid", "split"])
+    extra = manifest.take(order).drop_columns(list(LABELS))
     table = embeddings
     for name in extra.column_names:
         table = table.append_column(name, extra.column(name))
@@ -36,8 +35,9 @@ def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
 
 
 @ray.remote
-def score_task(root: str, cell: CellEmbedding) -> list[dict]:
-    """Score one stored cell; every failure comes back as a CellError naming the cell.
+def score_task(root: str, cell: CellRecord, protocol: str) -> list[dict]:
+    """Score one stored cell under the dataset's ``protocol``; every failure comes back as a
+    CellError naming the cell. The model facts come from the cell's record, as embed stored them.
 
     Ranking runs on the GPU when the task was given one (``evaluate`` picks CUDA when visible),
     else with one torch thread per CPU the task was given: a reused Ray worker keeps whatever
@@ -49,23 +49,22 @@ def score_task(root: str, cell: CellEmbedding) -> list[dict]:
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    spec = get(cell.model)
     try:
         table = joined_cell(Store.open(root), cell.model, cell.dataset)
         start = time.perf_counter()
-        rows = score_cell(cell.dataset, table, spec.metric, cell=f"{cell.model}/{cell.dataset}")
+        rows = score_cell(protocol, table, cell.metric, cell=cell.name)
     except ReidrayError as exc:
-        message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.model}/{cell.dataset}: {exc}"
+        message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.name}: {exc}"
         raise CellError(message) from None
     seconds = time.perf_counter() - start
     created = datetime.now(timezone.utc)
     common = {
         "model": cell.model,
-        "paradigm": spec.paradigm,
-        "params": float(spec.params_m),
+        "paradigm": cell.paradigm,
+        "params": float(cell.params_m),
         "dataset": cell.dataset,
         "dim": cell.dim,
-        "metric": spec.metric,
+        "metric": cell.metric,
         "embed_seconds": cell.embed_seconds,
         "images_per_second": cell.images_per_second,
         "score_seconds": seconds,
@@ -99,9 +98,9 @@ class ScoreGraph:
     failures: list[str] = field(default_factory=list)
     done: list[tuple[str, str]] = field(default_factory=list)
 
-    def submit(self, cell: CellEmbedding) -> None:
+    def submit(self, cell: CellRecord, protocol: str) -> None:
         ref = score_task.options(num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus).remote(
-            self.store.root, cell
+            self.store.root, cell, protocol
         )
         self.pending[ref] = cell
 
@@ -115,8 +114,8 @@ class ScoreGraph:
             try:
                 rows = ray.get(ready[0])
             except Exception as exc:  # a RayTaskError wrapping our CellError
-                cause = getattr(exc, "cause", None) or exc
-                self.failures.append(str(cause) if isinstance(cause, ReidrayError) else f"cell {cell.model}/{cell.dataset}: {cause}")
+                cause = user_error(exc)
+                self.failures.append(str(cause) if cause is not None else f"cell {cell.name}: {getattr(exc, 'cause', None) or exc}")
                 continue
             self.store.write_table(self.store.result_path(cell.model, cell.dataset), to_table(rows))
             self.done.append((cell.model, cell.dataset))

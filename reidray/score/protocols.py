@@ -1,8 +1,10 @@
-"""The evaluation protocol of every dataset, each in one place, all built on ``evaluate``.
+"""The evaluation protocols, each in one place, all built on ``evaluate``.
 
-A protocol turns one cell's table (embeddings joined with the manifest) into result rows. Image
-flags mean the same everywhere: ``is_junk`` images are ignored (never a query, never in the
-gallery); ``is_distractor`` images are gallery negatives only (never a match, never a query).
+Each dataset names its protocol in its registry entry (``DatasetSpec.protocol``, where its other
+rules live); here each protocol name maps to the function that scores a cell under it. A protocol
+turns one cell's table (embeddings joined with the manifest) into result rows. Image flags mean
+the same everywhere: ``is_junk`` images are ignored (never a query, never in the gallery);
+``is_distractor`` images are gallery negatives only (never a match, never a query).
 
 * ``market`` — Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP, IUST, PKU-Reid and the built-in
   ``reidray-synth``: query split vs gallery split, the Market rule (a gallery image with the
@@ -32,31 +34,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from reidray.cells import EMBEDDING
 from reidray.errors import CellError, UnknownNameError
 from reidray.score.metrics import evaluate
 
 MAX_RANK = 50
 RANKS = (1, 5, 10, 20)
 GRID_TRIALS = 10
-REQUIRED = ("embedding", "pid", "camid", "split", "is_junk", "is_distractor")
+REQUIRED = (EMBEDDING, "pid", "camid", "split", "is_junk", "is_distractor")
 
 Protocol = Callable[[pa.Table, str, str], list[dict[str, Any]]]
 
 
-def score_cell(dataset: str, table: pa.Table, metric: str, *, cell: str | None = None) -> list[dict[str, Any]]:
-    """Result rows for one cell: ``dataset``'s protocol applied to ``table``.
+def score_cell(protocol: str, table: pa.Table, metric: str, *, cell: str | None = None) -> list[dict[str, Any]]:
+    """Result rows for one cell: ``protocol`` (a dataset's ``DatasetSpec.protocol``) applied to ``table``.
 
-    ``cell`` names the cell in error messages (default: the dataset name). Each row has
+    ``cell`` names the cell in error messages (default: the protocol name). Each row has
     ``protocol``, ``trial``, ``aggregate``, ``mAP``, ``rank1/5/10/20``, ``mINP``, ``cmc`` (the
     curve to rank 50, a list), ``n_query``, ``n_query_scored``, ``n_gallery``.
     """
-    if dataset not in PROTOCOLS:
-        raise UnknownNameError("dataset", dataset, list(PROTOCOLS))
-    cell = cell or dataset
+    if protocol not in PROTOCOLS:
+        raise UnknownNameError("protocol", protocol, list(PROTOCOLS))
+    cell = cell or protocol
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise CellError(f"cell {cell}: the embeddings table lacks column(s) {', '.join(missing)}")
-    return PROTOCOLS[dataset](table, metric, cell)
+    return PROTOCOLS[protocol](table, metric, cell)
 
 
 def market(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
@@ -92,18 +95,7 @@ def grid(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
     return rows + [mean]
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "reidray-synth": market,
-    "market1501": market,
-    "dukemtmcreid": market,
-    "msmt17": market,
-    "cuhk03": market,
-    "iust": market,
-    "pku": market,
-    "grid": grid,
-    "celebreid": no_camera_filter,
-    "last": no_camera_filter,
-}
+PROTOCOLS: dict[str, Protocol] = {"market": market, "grid": grid, "no-camera-filter": no_camera_filter}
 
 
 @dataclass(frozen=True)
@@ -123,7 +115,7 @@ class _Images:
         junk = table.column("is_junk").to_numpy(zero_copy_only=False).astype(bool)
         distractor = table.column("is_distractor").to_numpy(zero_copy_only=False).astype(bool)
         return cls(
-            features=_embeddings(table.column("embedding"), cell),
+            features=_embeddings(table.column(EMBEDDING), cell),
             pid=table.column("pid").to_numpy().astype(np.int64),
             camid=table.column("camid").to_numpy().astype(np.int64),
             distractor=distractor,

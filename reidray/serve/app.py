@@ -41,9 +41,11 @@ from ray.serve.handle import DeploymentHandle
 from reidray.errors import (
     CellError,
     ImageDecodeError,
+    ImageTooLargeError,
     ReidrayError,
     UnknownNameError,
     WeightsNotFoundError,
+    user_error,
 )
 from reidray.models import MODELS, ModelSpec, weights_status
 from reidray.models.text import NoTextTowerError, has_text_tower, text_models
@@ -61,10 +63,6 @@ IMAGE_BODY = {"requestBody": {"required": True, "content": {"image/*": {"schema"
 log = logging.getLogger("ray.serve")
 
 
-class ImageTooLargeError(ReidrayError):
-    """An image whose pixel count is past the limit (checked from its header, before decoding)."""
-
-
 class UnservedModelError(ReidrayError):
     """A model name that is not registered, or whose weights are not on this server."""
 
@@ -79,7 +77,7 @@ class ParameterError(ReidrayError):
 
 STATUS: list[tuple[type[Exception], int]] = [
     (UnservedModelError, 404), (UnknownNameError, 404), (UnknownGalleryError, 404),
-    (NoTextTowerError, 422), (ParameterError, 422), (ImageDecodeError, 400), (ImageTooLargeError, 413),
+    (NoTextTowerError, 422), (ParameterError, 422), (ImageTooLargeError, 413), (ImageDecodeError, 400),
     (NotAnImageError, 415), (GalleryMismatchError, 409), (WeightsNotFoundError, 503), (ModelLoadError, 503),
     (CellError, 500),
 ]
@@ -142,43 +140,19 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                                    "the service keeps running"}, status_code=500)
 
 
-def _reidray_cause(exc: BaseException) -> ReidrayError | None:
-    """The reidray error a Ray failure wraps, if any (Ray chains user exceptions as causes)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ReidrayError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
-
-
 def decode_resize(data: bytes, spec: ModelSpec, max_pixels: int) -> np.ndarray:
-    """The embed stage's CPU step on uploaded bytes: decode (as ``decode.read_image``), then ``resize``.
-
-    The pixel count is read from the header before decoding, so a small file that would expand
-    to gigabytes is refused without allocating them.
-    """
-    from PIL import Image, UnidentifiedImageError
-
+    """The embed stage's CPU step on uploaded bytes: decode (``reidray.images``, the pixel count
+    checked from the header first), then ``resize``."""
+    from reidray.images import decode
     from reidray.models.preprocess import resize
 
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLargeError(
-                f"image of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels; send a smaller crop"
-            )
-        image.load()
-        image = image.convert("RGB")
-    except ImageTooLargeError:
-        raise
-    except Exception as exc:  # any decoder failure is the body's fault, never the service's
-        known = not isinstance(exc, UnidentifiedImageError)
-        reason = f"{type(exc).__name__}: {exc}" if known else "not a known image format"
+        image = decode(data, max_pixels)
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(f"{exc}; send a smaller crop") from None
+    except ImageDecodeError as exc:
         raise ImageDecodeError(
-            f"the request body is not an image that decodes ({reason}); send the bytes of a JPEG, PNG, BMP or WebP file"
+            f"the request body is not an image that decodes ({exc}); send the bytes of a JPEG, PNG, BMP or WebP file"
         ) from None
     return resize(image, spec)
 
@@ -188,7 +162,7 @@ async def _unwrap(response) -> Any:
     try:
         return await response
     except Exception as exc:
-        cause = _reidray_cause(exc)
+        cause = user_error(exc)
         if cause is not None:
             raise cause from None
         raise
@@ -291,16 +265,16 @@ class Gateway:
 
     @app.get("/galleries")
     async def list_(self) -> dict[str, Any]:
-        rows = await asyncio.to_thread(list_galleries, self.store)
-        for row in rows:
+        rows = []
+        for row, marker in await asyncio.to_thread(list_galleries, self.store):
             spec = MODELS.get(row["model"])
             if spec is None:
                 problem = f"model {row['model']} is not registered"
             elif spec.name in self.unavailable:
                 problem = f"model {spec.name} is not available on this server ({self.unavailable[spec.name]})"
             else:
-                problem = self.galleries.problem(spec.name, row["dataset"], row)
-            row.update(metric=spec.metric if spec else None, searchable=problem is None, problem=problem)
+                problem = self.galleries.problem(spec.name, row["dataset"], marker)
+            rows.append({**row, "metric": marker.get("metric"), "searchable": problem is None, "problem": problem})
         return {"galleries": rows}
 
     @app.post("/embed", openapi_extra=IMAGE_BODY)

@@ -35,7 +35,7 @@ def serve_command(
     """
     from ray import serve
 
-    from reidray import flow
+    from reidray.connect import connect
     from reidray.serve.app import APP_NAME, build_app
     from reidray.store import Store
 
@@ -48,7 +48,7 @@ def serve_command(
                                                                               for k, v in (weights or {}).items()},
         "max_upload_bytes": int(max_upload_mb * MB), "max_models_per_replica": max_models, "num_gpus": num_gpus,
     }
-    flow.connect(address)  # before build_app, which looks for GPUs in the cluster
+    connect(address)  # before build_app, which looks for GPUs in the cluster
     application = build_app(args)
     serve.start(http_options={"host": host, "port": port})
     try:

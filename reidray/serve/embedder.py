@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
+from reidray.config import resolve_precision
 from reidray.errors import ReidrayError
 
 TEXT_PREFIX = "text:"
@@ -46,7 +47,7 @@ class Embedder:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.precision = precision if precision != "auto" else ("bf16" if self.device == "cuda" else "fp32")
+        self.precision = resolve_precision(precision, self.device)
         self.random_init = random_init
         self.weights = weights
 

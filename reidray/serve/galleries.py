@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from reidray.cells import CellRecord
 from reidray.errors import CellError, ReidrayError
 from reidray.models import get
 from reidray.store import CELL_MARKER, Store
@@ -38,8 +39,9 @@ class GalleryMismatchError(ReidrayError):
     """The stored cell was embedded by another version of the model than the one served."""
 
 
-def list_galleries(store: Store) -> list[dict]:
-    """Every complete cell under the output root: model, dataset and what its marker says."""
+def list_galleries(store: Store) -> list[tuple[dict, dict]]:
+    """Every cell with a marker under the output root: (model, dataset and what its marker says
+    for listing; the marker itself, which ``Galleries.problem`` checks)."""
     found = []
     models = store.fs.get_file_info(pafs.FileSelector(store.path("embeddings"), allow_not_found=True))
     for model_dir in sorted(models, key=lambda i: i.path):
@@ -52,7 +54,7 @@ def list_galleries(store: Store) -> list[dict]:
             marker = store.read_json(f"{dataset_dir.path}/{CELL_MARKER}")
             if marker is None:
                 continue
-            found.append({
+            found.append(({
                 "model": model_dir.base_name,
                 "dataset": dataset_dir.base_name,
                 "n_images": marker.get("n_images"),
@@ -60,7 +62,7 @@ def list_galleries(store: Store) -> list[dict]:
                 "random_init": bool(marker.get("random_init", False)),
                 "weights_id": marker.get("weights_id"),
                 "created_at": marker.get("created_at"),
-            })
+            }, marker))
     return found
 
 
@@ -117,7 +119,7 @@ def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex
         column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size),
         dtype=np.float32,
     )
-    metric = get(model).metric
+    metric = marker["metric"]  # as the embed stage recorded it: the ranking the evaluation scored
     if metric == "cosine":
         faiss.normalize_L2(vectors)
         index = faiss.IndexFlatIP(vectors.shape[1])
@@ -147,7 +149,7 @@ class Galleries:
         """The cell's marker, or UnknownGalleryError naming the model's galleries."""
         marker = self.store.cell_marker(model, dataset) if _NAME.fullmatch(dataset) else None
         if marker is None:
-            own = [g["dataset"] for g in list_galleries(self.store) if g["model"] == model]
+            own = [row["dataset"] for row, _ in list_galleries(self.store) if row["model"] == model]
             listed = ", ".join(own) if own else (
                 f"none stored; run `python -m reidray.run embed -m {model} -d <dataset> --out {self.store.root}`"
             )
@@ -159,14 +161,17 @@ class Galleries:
 
     def problem(self, model: str, dataset: str, marker: dict) -> str | None:
         """Why the stored cell cannot be searched with the served model, or None when it can."""
+        try:
+            record = CellRecord.from_marker(marker, skipped=True)
+        except CellError as exc:
+            return str(exc)
         spec = get(model)
-        if marker.get("dim", spec.dim) != spec.dim:
-            return (f"gallery {model}/{dataset} holds {marker.get('dim')}-d embeddings but {model} now gives "
+        if record.dim != spec.dim:
+            return (f"gallery {model}/{dataset} holds {record.dim}-d embeddings but {model} now gives "
                     f"{spec.dim}-d ones: it was embedded by another version of the model; re-embed it")
         if not spec.needs_weights:
             return None
-        stored = bool(marker.get("random_init", False))
-        stored_id = marker.get("weights_id") or spec.weights_id  # a marker that does not say: trust it
+        stored, stored_id = record.random_init, record.weights_id
         if stored == self.random_init and stored_id == spec.weights_id:
             return None
         # Vectors from random weights and from trained weights share no space: never mix them.

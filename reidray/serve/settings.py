@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reidray.config import Precision, first_problem
 from reidray.errors import ReidrayError
 
 TOKEN_ENV = "REIDRAY_SERVE_TOKEN"
@@ -27,7 +27,7 @@ class ServeSettings(BaseModel):
     token: str | None = Field(default=None, description=f"bearer token; default: ${TOKEN_ENV} on the replica")
     random_init: bool = Field(default=False, description="serve random-weight encoders (tests, throughput)")
     weights: dict[str, str] = Field(default_factory=dict, description="model -> explicit weights path")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         default="auto", description="image encoders' arithmetic; auto: the embed stage's (bf16 on GPUs, else fp32)"
     )
     max_upload_bytes: int = Field(default=10 * MB, gt=0, description="larger bodies get 413")
@@ -46,9 +46,7 @@ def parse_settings(args: dict) -> ServeSettings:
     try:
         return ServeSettings.model_validate(args)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "args"
-        raise ReidrayError(f"reidray serve args: {where}: {err['msg']}") from None
+        raise ReidrayError(f"reidray serve args: {first_problem(exc)[1]}") from None
 
 
 def resolve_token(settings: ServeSettings) -> str | None:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from reidray.config import SYNTHETIC
 from reidray.datasets.synth.world import World
 from reidray.errors import DatasetLayoutError, ReidrayError, UnknownNameError
 
-FOLDER = "reidray-synth"
-MARKER = ".reidray-synth.json"
+FOLDER = SYNTHETIC  # the folder is named after the dataset
+MARKER = f".{SYNTHETIC}.json"
 VERSION = 2  # bump when the drawing or a layout changes, so old folders are regenerated
 
 

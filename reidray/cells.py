@@ -1,0 +1,89 @@
+"""The contracts between stages: the manifest's columns and the cell record.
+
+Each stage reads what the previous one stored, never another stage's code. The datasets stage
+writes manifests with ``MANIFEST_SCHEMA``; the embed stage writes a cell's Parquet parts (the
+``LABELS`` columns beside each ``embedding``) and then its ``cell.json``, the serialised
+``CellRecord``; the score stage, serve and the report read that record. The record carries the
+model facts the later stages need (paradigm, parameter count, metric, normalisation), so none of
+them looks a model up in the registry: what was stored is what is scored and served.
+
+Nothing here imports torch, Ray or another reidray stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pyarrow as pa
+
+from reidray.errors import CellError
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),  # path relative to the dataset folder, unique
+        pa.field("path", pa.string(), nullable=False),  # where the image is read from
+        pa.field("pid", pa.int64(), nullable=False),
+        pa.field("camid", pa.int32(), nullable=False),  # -1: the dataset has no camera ids
+        pa.field("split", pa.string(), nullable=False),  # query | gallery | train
+        pa.field("is_junk", pa.bool_(), nullable=False),  # the protocol ignores the image
+        pa.field("is_distractor", pa.bool_(), nullable=False),  # never a match; a gallery negative
+    ]
+)
+IMAGE_ID, PATH = MANIFEST_SCHEMA.names[:2]
+# The manifest columns stored beside every embedding: what scoring and serving need of an image.
+LABELS: tuple[str, ...] = ("image_id", "pid", "camid", "split")
+EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One (model, dataset) cell as the embed stage stored it: ``cell.json``, field for field.
+
+    ``skipped`` is not stored: it says whether this run found the cell complete already.
+    """
+
+    model: str
+    dataset: str
+    fingerprint: str
+    n_images: int
+    dim: int
+    embed_seconds: float
+    device: str
+    precision: str
+    random_init: bool
+    weights_id: str
+    # the model facts later stages read here, not in the model registry
+    paradigm: str
+    params_m: float
+    metric: str  # cosine | euclidean: how score and serve compare these embeddings
+    normalize: bool  # the encoder L2-normalised its output
+    steady_images_per_second: float | None = None
+    encoder_busy_fraction: float | None = None  # see embed.progress.ProgressTracker.busy_fraction
+    created_at: str = ""
+    skipped: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.dataset}"
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_images / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def to_marker(self) -> dict[str, Any]:
+        """The ``cell.json`` payload."""
+        marker = asdict(self)
+        del marker["skipped"]
+        return marker
+
+    @classmethod
+    def from_marker(cls, marker: dict[str, Any], *, skipped: bool) -> CellRecord:
+        """A stored cell as its ``cell.json`` describes it; a marker without every stored field
+        (written by an older reidray, or edited) is a CellError naming what is missing."""
+        stored = [f.name for f in fields(cls) if f.name != "skipped"]
+        missing = [name for name in stored if name not in marker]
+        if missing:
+            where = f"{marker.get('model', '?')}/{marker.get('dataset', '?')}"
+            raise CellError(f"cell {where}: its cell.json lacks {', '.join(missing)}; rerun embed for it")
+        return cls(**{name: marker[name] for name in stored}, skipped=skipped)

@@ -28,7 +28,7 @@ from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
 from reidray.errors import CellError, ReidrayError
-from reidray.models import get
+from reidray.models import get, uses_camera_ids
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, fingerprint, manifest_hash
 
@@ -61,20 +61,22 @@ class CellEmbedding:
 
 
 def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
-                     precision: str = "fp32") -> str:
-    """Everything that changes a cell's embeddings: model facts, weights, precision, the images."""
+                     precision: str = "fp32", dataset: str | None = None) -> str:
+    """Everything that changes a cell's embeddings: model facts, weights, precision, the images,
+    and for a camera-aware model whether the dataset's camera ids are used."""
     spec = get(model)
-    return fingerprint(
-        {
-            "model": model,
-            "weights_id": spec.weights_id,
-            "weights": weights,
-            "random_init": random_init,
-            "precision": precision,
-            "preprocess": [*resize_key(spec), spec.mean, spec.std],
-            "manifest": manifest_digest,
-        }
-    )
+    facts = {
+        "model": model,
+        "weights_id": spec.weights_id,
+        "weights": weights,
+        "random_init": random_init,
+        "precision": precision,
+        "preprocess": [*resize_key(spec), spec.mean, spec.std],
+        "manifest": manifest_digest,
+    }
+    if spec.uses_camera:
+        facts["camera_embedding"] = "per-camera" if uses_camera_ids(spec, dataset) else "none"
+    return fingerprint(facts)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def resources(settings: EmbedSettings) -> Resources:
 def is_complete(store: Store, model: str, dataset: str, manifest_digest: str, *, weights: str | None,
                 random_init: bool, settings: EmbedSettings) -> bool:
     """Whether the stored cell already holds exactly what this run would write."""
-    fp = cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision)
+    fp = cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision, dataset)
     return store.cell_complete(model, dataset, fp)
 
 
@@ -184,7 +186,8 @@ def embed_cell(
     settings = settings or EmbedSettings()
     spec = get(model)
     res = resources(settings)
-    fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision)
+    fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision,
+                          dataset)
     marker = store.cell_marker(model, dataset)
     if marker is not None and marker.get("fingerprint") == fp:
         return CellEmbedding.from_marker(marker, skipped=True)
@@ -196,7 +199,7 @@ def embed_cell(
     ds = (decoded if decoded is not None else decoded_images(manifest, model, settings)).map_batches(
         EncoderActor,
         fn_constructor_kwargs={"model": model, "weights": weights, "random_init": random_init,
-                               "precision": res.precision, "tracker": tracker},
+                               "precision": res.precision, "tracker": tracker, "dataset": dataset},
         compute=ray.data.ActorPoolStrategy(min_size=res.pool[0], max_size=res.pool[1]),
         num_gpus=res.num_gpus,
         batch_size=settings.batch_size or spec.batch_size,

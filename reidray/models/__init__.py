@@ -4,6 +4,17 @@ See docs/contracts.md (Models) for the interface and ``registry.py`` for every f
 """
 
 from reidray.models.encoder import Encoder
-from reidray.models.registry import MODELS, ModelSpec, build, get, names, status_rows, weights_status
+from reidray.models.registry import (
+    MODELS,
+    ModelSpec,
+    build,
+    get,
+    names,
+    status_rows,
+    uses_camera_ids,
+    weights_status,
+)
 
-__all__ = ["MODELS", "Encoder", "ModelSpec", "build", "get", "names", "status_rows", "weights_status"]
+__all__ = [
+    "MODELS", "Encoder", "ModelSpec", "build", "get", "names", "status_rows", "uses_camera_ids", "weights_status",
+]

@@ -66,6 +66,7 @@ class ModelSpec:
     library: str  # the library that defines the architecture
     arch: str  # that library's name for the architecture
     embedding: str  # which output is the embedding
+    trained_on: str = ""  # registered dataset the default checkpoint was fine-tuned on (its cameras, for SIE)
     weights_files: tuple[str, ...] = ()  # files needed from the hub repo (hub models)
     text_files: tuple[str, ...] = ()  # more files of that repo the text tower needs (its tokenizer)
     weights_url: str = ""  # where the weights come from (download source, or the page to get them)
@@ -90,7 +91,8 @@ _SPECS: list[ModelSpec] = [
         # torchreid's own test setting: raw features, euclidean distance
         normalize=False, metric="euclidean",
         weights_id="osnet_x1_0_market_256x128_amsgrad_ep150_stp60_lr0.0015_b64_fb10_softmax_labelsmooth_flip.pth",
-        needs_weights=True, uses_camera=False, batch_size=256, family="osnet", library="torchreid",
+        needs_weights=True, uses_camera=False, trained_on="market1501", batch_size=256, family="osnet",
+        library="torchreid",
         arch="osnet_x1_0", embedding="eval-mode output: global average pool -> fc (512, BN, ReLU)",
         weights_url="https://drive.google.com/uc?id=1vduhq5DpN2q1g4fYEZfPI17MJeh9qyrA",
         paper_name="OSNet-x1.0", paper_params_m=2.5,
@@ -103,7 +105,8 @@ _SPECS: list[ModelSpec] = [
         name="clip-reid-vit-b16", paradigm="supervised", params_m=86.215, input_size=(256, 128),
         interpolation="bilinear", mean=HALF, std=HALF, dim=1280, normalize=True, metric="cosine",
         weights_id="MSMT17_clipreid_12x12sie_ViT-B-16_60.pth",
-        needs_weights=True, uses_camera=True, batch_size=128, family="clipreid", library="open_clip",
+        needs_weights=True, uses_camera=True, trained_on="msmt17", batch_size=128, family="clipreid",
+        library="open_clip",
         arch="ViT-B-16 (OpenAI layout, QuickGELU), conv stride and SIE read from the checkpoint",
         embedding="cat(ln_post(CLS) 768, ln_post(CLS) @ proj 512), before the BN-necks (TEST.NECK_FEAT=before)",
         weights_url="https://drive.google.com/uc?id=1sPZbWTv2_stXBGutjHMvE87pAbSAgVaz",
@@ -230,14 +233,28 @@ def get(name: str) -> ModelSpec:
         raise UnknownNameError("model", name, names()) from None
 
 
+def uses_camera_ids(spec: ModelSpec, dataset: str | None) -> bool:
+    """Whether ``spec``'s encoder adds its per-camera embedding for images of ``dataset``.
+
+    Only on the dataset its checkpoint was trained on: camera ids of any other dataset name other
+    cameras (Market's camera 3 is not MSMT17's camera 3; Celeb-reID's "camera" is an image index),
+    so there the encoder runs without camera embedding (see ``clipreid``).
+    """
+    return spec.uses_camera and dataset is not None and dataset == spec.trained_on
+
+
 def build(
     name: str,
     *,
     weights: str | Path | None = None,
     random_init: bool = False,
     device: str = "cpu",
+    dataset: str | None = None,
 ) -> Encoder:
     """Build ``name``'s encoder in eval mode on ``device``, weights resolved (see ``weights.resolve``).
+
+    ``dataset`` is the dataset whose images it will embed: it decides whether camera ids are used
+    (``uses_camera_ids``); None (no dataset, e.g. a bare embedding request) means they are not.
 
     ``random_init=True`` skips the weights and initialises the architecture from a fixed seed,
     so every process (e.g. each Ray actor) builds the same random model; it is for tests and
@@ -258,6 +275,7 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         encoder = family.build(spec, path, random_init=random_init and spec.needs_weights)
+    encoder.use_camera = uses_camera_ids(spec, dataset)
     encoder.requires_grad_(False)
     return encoder.to(device).eval()
 

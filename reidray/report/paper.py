@@ -88,7 +88,8 @@ def causes() -> list[Cause]:
             "checkpoint (CLIP fine-tuned with ID and triplet losses, no prompt stage) and discards its "
             f"fine-tuned position embedding; reidray loads {clipreid.weights_id} (CLIP-ReID with SIE and "
             "overlapping patches; the authors' own configuration notes about 74% MSMT17 mAP for it) strictly, "
-            "position embedding and camera embedding included.",
+            "position embedding and camera embedding included; the camera embedding is added on MSMT17 "
+            "(the checkpoint's training cameras) only, none elsewhere, as CLIP-ReID does without camera labels.",
             models=frozenset({clipreid.name}),
         ),
         Cause(

@@ -22,6 +22,7 @@ from ray import serve
 from reidray.errors import ReidrayError
 
 TEXT_PREFIX = "text:"
+DATASET_SEP = "@"  # "<model>@<dataset>": an image encoder that uses that dataset's camera ids
 
 
 class ModelLoadError(ReidrayError):
@@ -64,13 +65,13 @@ class Embedder:
         from reidray.embed.actor import EncoderActor
         from reidray.models.text import build_text
 
-        name = model_id.removeprefix(TEXT_PREFIX)
+        name, _, dataset = model_id.removeprefix(TEXT_PREFIX).partition(DATASET_SEP)
         try:
             if model_id.startswith(TEXT_PREFIX):
                 return build_text(name, weights=self.weights.get(name), random_init=self.random_init,
                                   device=self.device)
             return EncoderActor(name, self.weights.get(name), self.random_init, precision=self.precision,
-                                device=self.device)
+                                device=self.device, dataset=dataset or None)
         except ReidrayError:
             raise
         except Exception as exc:  # a missing family module, a broken checkpoint: say which model
@@ -88,7 +89,7 @@ class Embedder:
         torch = self.torch
         pixels = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device)
         camids = None
-        if actor.spec.uses_camera:
+        if actor.encoder.use_camera:
             camids = torch.tensor([item.camid for item in items], dtype=torch.int64, device=self.device)
         return actor.embed(pixels, camids).cpu().numpy()
 

@@ -207,3 +207,18 @@ def test_bad_files_name_the_file(tmp_path, baseline):
     junk.write_bytes(b"<html>quota exceeded</html>")
     with pytest.raises(ReidrayError, match="junk.pth"):
         build(SPEC.name, weights=junk)
+
+
+def test_a_file_of_another_depth_or_embedding_dimension_is_named(tmp_path, baseline):
+    enc, _ = baseline
+    good = _released_state(enc, prompt=False, ddp=False)
+    shallow = {k: v for k, v in good.items() if not any(f"resblocks.{i}." in k for i in range(6, 12))}
+    narrow = dict(good, **{"image_encoder.proj": torch.zeros(768, 256)})
+    for name, state, mismatch in (("shallow.pth", shallow, "depth 6 (registry 12)"),
+                                  ("narrow.pth", narrow, "embedding dimension 256 (registry 512)")):
+        torch.save(state, tmp_path / name)
+        with pytest.raises(ReidrayError) as info:
+            build(SPEC.name, weights=tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(f"model {SPEC.name}: {tmp_path / name}") and mismatch in message
+        assert "\n" not in message

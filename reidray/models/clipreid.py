@@ -38,6 +38,7 @@ from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
 from reidray.errors import ReidrayError
+from reidray.models.checks import check_shapes
 from reidray.models.encoder import Encoder
 from reidray.models.registry import ModelSpec
 
@@ -126,12 +127,12 @@ def _stride_of(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> i
     """The conv stride whose patch grid matches the checkpoint's position embedding."""
     key = "image_encoder.positional_embedding"
     if key not in state:
-        raise ReidrayError(f"{path} is not a CLIP-ReID ViT checkpoint: no {key}")
+        raise ReidrayError(f"model {spec.name}: {path} is not a CLIP-ReID ViT checkpoint: no {key}")
     positions = state[key].shape[0] - 1
     strides = [s for s in range(1, PATCH + 1) if grid(s, spec.input_size)[0] * grid(s, spec.input_size)[1] == positions]
     if len(strides) != 1:
         raise ReidrayError(
-            f"{path}: {key} has {positions} patch positions, which no conv stride gives at input "
+            f"model {spec.name}: {path}: {key} has {positions} patch positions, which no conv stride gives at input "
             f"{spec.input_size[0]}x{spec.input_size[1]}"
         )
     return strides[0]
@@ -157,5 +158,7 @@ def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> ClipReidE
     state = read_checkpoint(path)
     cams = state["cv_embed"].shape[0] if "cv_embed" in state else 0
     encoder = ClipReidEncoder(spec, stride=_stride_of(state, spec, path), n_cams=cams, random_init=False)
+    check_shapes(spec.name, path, {k: tuple(v.shape) for k, v in state.items()},
+                 {k: tuple(v.shape) for k, v in encoder.state_dict().items()}, "CLIP-ReID ViT-B/16", "image_encoder.")
     load_released(encoder, state, path)
     return encoder

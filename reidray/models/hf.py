@@ -11,7 +11,8 @@ Embeddings: SigLIP's ``pooler_output`` (the attention-pool head, 768-d; ``get_im
 DINOv2's ``pooler_output`` (the final-LayerNorm CLS token, the original's ``x_norm_clstoken``).
 
 Loading: ``from_pretrained`` on the local folder (config.json + model.safetensors), never the
-network; a missing or mis-shaped key is an error, and the only keys allowed to go unused are
+network, once its config.json is checked against the registry's architecture (the configs
+below); a missing or mis-shaped key is an error, and the only keys allowed to go unused are
 SigLIP's text tower. The configs below are the published ones, used for random-init builds.
 """
 
@@ -31,6 +32,7 @@ from transformers import (
 )
 
 from reidray.errors import ReidrayError
+from reidray.models.checks import check_config
 from reidray.models.encoder import Encoder
 from reidray.models.registry import ModelSpec
 
@@ -74,6 +76,18 @@ class HfEncoder(Encoder):
         return self.model(pixel_values=pixels).pooler_output
 
 
+# the config fields that make the architecture; a folder's config.json must agree with the registry's
+_ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size",
+                "intermediate_size", "mlp_ratio", "use_swiglu_ffn", "layerscale_value")
+
+
+def _check_config(spec: ModelSpec, cls: type, folder: Path, published: PretrainedConfig) -> None:
+    """transformers builds whatever config.json says: check it is the registry's architecture first."""
+    found = cls.config_class.from_pretrained(folder, local_files_only=True).to_dict()
+    ours = {k: v for k, v in published.to_dict().items() if k in _ARCH_FIELDS}
+    check_config(spec.name, folder / "config.json", found, ours, spec.arch)
+
+
 def _load(spec: ModelSpec, cls: type, folder: Path) -> torch.nn.Module:
     model, info = cls.from_pretrained(
         folder, local_files_only=True, output_loading_info=True, dtype=torch.float32
@@ -93,4 +107,5 @@ def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> HfEncoder
     cls, make = _ARCH[spec.name]
     if random_init or path is None:
         return HfEncoder(spec, cls(make()), random_init=True)
+    _check_config(spec, cls, path, make())
     return HfEncoder(spec, _load(spec, cls, path), random_init=False)

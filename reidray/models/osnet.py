@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from reidray.errors import ReidrayError
+from reidray.models.checks import check_shapes
 from reidray.models.encoder import Encoder
 from reidray.models.registry import ModelSpec
 
@@ -67,6 +68,8 @@ def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> OsnetEnco
     if random_init or path is None:
         return OsnetEncoder(spec, model, random_init=True)
     state = {k: v for k, v in read_checkpoint(path).items() if not k.startswith("classifier.")}
+    check_shapes(spec.name, path, {k: tuple(v.shape) for k, v in state.items()},
+                 {k: tuple(v.shape) for k, v in model.state_dict().items()}, spec.arch)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

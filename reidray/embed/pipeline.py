@@ -74,6 +74,8 @@ def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifes
         "preprocess": [*resize_key(spec), spec.mean, spec.std],
         "manifest": manifest_digest,
     }
+    if spec.revision:
+        facts["revision"] = spec.revision
     if spec.uses_camera:
         facts["camera_embedding"] = "per-camera" if uses_camera_ids(spec, dataset) else "none"
     return fingerprint(facts)

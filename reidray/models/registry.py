@@ -67,6 +67,7 @@ class ModelSpec:
     arch: str  # that library's name for the architecture
     embedding: str  # which output is the embedding
     trained_on: str = ""  # registered dataset the default checkpoint was fine-tuned on (its cameras, for SIE)
+    revision: str = ""  # set when reidray's computation of the embedding changes: stored cells are redone
     weights_files: tuple[str, ...] = ()  # files needed from the hub repo (hub models)
     text_files: tuple[str, ...] = ()  # more files of that repo the text tower needs (its tokenizer)
     weights_url: str = ""  # where the weights come from (download source, or the page to get them)
@@ -168,6 +169,7 @@ _SPECS: list[ModelSpec] = [
         weights_id="facebook/dinov2-base", weights_files=("config.json", "model.safetensors"),
         needs_weights=True, uses_camera=False, batch_size=256, family="hf", library="transformers",
         arch="Dinov2Model", embedding="pooler_output: final-LayerNorm CLS token (x_norm_clstoken)",
+        revision="released position resize",
         weights_url=_hub("facebook/dinov2-base"),
         paper_name="DINOv2-B14", paper_params_m=86.6, paper_params_scope="the backbone (Table 1 rounds it to 87M)",
     ),
@@ -177,6 +179,7 @@ _SPECS: list[ModelSpec] = [
         weights_id="facebook/dinov2-large", weights_files=("config.json", "model.safetensors"),
         needs_weights=True, uses_camera=False, batch_size=128, family="hf", library="transformers",
         arch="Dinov2Model", embedding="pooler_output: final-LayerNorm CLS token (x_norm_clstoken)",
+        revision="released position resize",
         weights_url=_hub("facebook/dinov2-large"),
         paper_name="DINOv2-L14", paper_params_m=304.4, paper_params_scope="the backbone",
     ),

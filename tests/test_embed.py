@@ -18,7 +18,14 @@ from reidray.config import EmbedSettings
 from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.actor import EncoderActor
-from reidray.embed.pipeline import CellEmbedding, decoded_images, embed_cell, is_complete, shared_decode_blocker
+from reidray.embed.pipeline import (
+    CellEmbedding,
+    decoded_images,
+    embed_cell,
+    is_complete,
+    resources,
+    shared_decode_blocker,
+)
 from reidray.embed.progress import ProgressTracker, finished_line, progress_line, tracker_name
 from reidray.store import manifest_hash
 from reidray.store import Store
@@ -202,3 +209,11 @@ def test_finished_line_names_a_starved_gpu():
     assert "waited on decoding" in line
     fed = CellEmbedding("m", "d", "fp", 12936, 512, 20.0, "cuda", False, skipped=False, encoder_busy=0.95)
     assert "waited" not in finished_line(fed)
+
+
+def test_auto_precision_is_fp32_on_gpus_too_and_bf16_is_opt_in(ray_session):
+    """Published numbers are fp32 until bf16's tolerance is measured on a GPU with trained weights."""
+    for gpus in (0, 1):
+        assert resources(EmbedSettings(num_gpus=gpus)).precision == "fp32"
+        assert resources(EmbedSettings(num_gpus=gpus, precision="bf16")).precision == "bf16"
+    assert resources(EmbedSettings(num_gpus=1)).device == "cuda"

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from reidray.config import EmbedSettings
+from reidray.config import AUTO_PRECISION, EmbedSettings
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
@@ -92,14 +92,17 @@ class Resources:
 
 
 def resources(settings: EmbedSettings) -> Resources:
-    """One GPU per actor when the cluster has GPUs (or the job says so); bf16 there by default."""
+    """One GPU per actor when the cluster has GPUs (or the job says so).
+
+    ``precision: auto`` is fp32 everywhere: bf16/fp16 are opt-in (job or model entry) until their
+    ranking tolerance is measured on a GPU with the trained weights (docs/benchmarks.md).
+    """
     gpus_in_cluster = ray.cluster_resources().get("GPU", 0)
     num_gpus = settings.num_gpus if settings.num_gpus is not None else (1.0 if gpus_in_cluster else 0.0)
+    precision = AUTO_PRECISION if settings.precision == "auto" else settings.precision
     if num_gpus == 0:
         # On CPU an actor already uses every core through torch; more actors only contend.
-        precision = "fp32" if settings.precision == "auto" else settings.precision
         return Resources(0.0, (1, 1), "cpu", precision)
-    precision = "bf16" if settings.precision == "auto" else settings.precision
     return Resources(num_gpus, settings.concurrency, "cuda", precision)
 
 

@@ -5,7 +5,8 @@ weights (converted, under the hub ids in the registry) into the same QuickGELU a
 OpenAI's own, unmaintained and not-on-PyPI ``clip`` package builds, and it ships Meta's
 PE-Core checkpoints with the whole CLIP model (image and text towers), so the loader checks
 every key of the released file. The study's OpenAI ``clip.load`` path ran in fp16 and
-centre-cropped the crop; here the model runs in fp32 on the squashed crop.
+centre-cropped the crop; here the model runs on the squashed crop, in fp32 unless the job opts
+into bf16/fp16 autocast.
 
 The embedding is ``encode_image`` before normalisation: ln_post(CLS) @ proj for CLIP, the
 attention-pooled projection for PE-Core. Only the image tower is kept after loading.

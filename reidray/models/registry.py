@@ -14,7 +14,11 @@ Choices beyond the study. CLIP-ReID's default checkpoint is the released MSMT17 
 OLP model (the method's headline model); the study's config resolved to the ViT-baseline file,
 which loads too (give its path: stride and cameras are read from the checkpoint). PE-Core is
 labelled language-aligned (it is a CLIP model, trained image-text contrastively), where the
-paper's Table 1 says self-supervised. Everything runs in float32.
+paper's Table 1 says self-supervised.
+
+Precision. The encoders are built and loaded in float32 and, by default (``precision: auto``), run
+in float32; a job or model entry may opt into bf16/fp16 autocast (``embed/actor.py``), which is
+part of the cell's fingerprint.
 
 Parameter counts. ``params_m`` is the vision tower reidray runs (what costs time and memory).
 Table 1 of the paper counted whole modules; ``paper_params_m`` keeps its figure and

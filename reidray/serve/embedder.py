@@ -7,7 +7,7 @@ Requests are gathered into batches (``@serve.batch``; Serve splits a batch by mo
 forward pass runs off the event loop so the next batch gathers meanwhile.
 
 An image model is held as the embed stage's own ``EncoderActor`` (normalise + encoder, in the
-same precision rule: bf16 on GPUs, fp32 on CPUs, unless set), fed uint8 pixels the ingress
+same precision rule: ``auto`` is fp32, bf16/fp16 only when set), fed uint8 pixels the ingress
 resized with the stage's ``resize``: a served embedding is the stored one, computed the same way.
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
+from reidray.config import AUTO_PRECISION
 from reidray.errors import ReidrayError
 
 TEXT_PREFIX = "text:"
@@ -47,7 +48,7 @@ class Embedder:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.precision = precision if precision != "auto" else ("bf16" if self.device == "cuda" else "fp32")
+        self.precision = AUTO_PRECISION if precision == "auto" else precision
         self.random_init = random_init
         self.weights = weights
 

@@ -36,9 +36,9 @@ def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    import torch
+    from reidray.models import torchfile
 
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = torchfile.load(path, mmap=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -38,6 +38,7 @@ from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
 from reidray.errors import ReidrayError
+from reidray.models import torchfile
 from reidray.models.checks import check_shapes
 from reidray.models.encoder import Encoder
 from reidray.models.registry import ModelSpec
@@ -112,7 +113,7 @@ class ClipReidEncoder(Encoder):
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a CLIP-ReID checkpoint file, unwrapped and without a DDP ``module.`` prefix."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torchfile.load(path)
     except Exception as exc:
         raise ReidrayError(f"CLIP-ReID checkpoint {path} does not load with torch.load: {exc}") from exc
     for key in ("state_dict", "model"):

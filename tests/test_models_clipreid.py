@@ -141,7 +141,8 @@ def test_market_and_msmt17_cells_take_the_two_camera_paths(sie_olp):
     assert np.abs(got["msmt17"] - msmt.numpy()).max() < 1e-5
     assert np.abs(got["market1501"] - market.numpy()).max() < 1e-5
     assert np.abs(got["msmt17"] - got["market1501"]).max() > 1e-3
-    fps = {d: cell_fingerprint(SPEC.name, str(path), False, "digest", dataset=d) for d in ("msmt17", "market1501", "last")}
+    fps = {d: cell_fingerprint(SPEC.name, str(path), False, "digest", dataset=d)
+           for d in ("msmt17", "market1501", "last")}
     assert fps["msmt17"] != fps["market1501"] == fps["last"]
 
 

@@ -64,9 +64,11 @@ def test_offline_download_fails_fast_one_line_per_model(monkeypatch):
     assert time.monotonic() - start < 5
     assert [line.split(":")[0] for line in failures] == [f"model {n}" for n in NEEDS_WEIGHTS]
     for name, line in zip(NEEDS_WEIGHTS, failures):
-        assert "\n" not in line and "offline" in line and f"`python -m reidray.run weights --download -m {name}`" in line
+        assert "\n" not in line and "offline" in line
+        assert f"`python -m reidray.run weights --download -m {name}`" in line
     result = CliRunner().invoke(app, ["weights", "--download", "-m", "dinov2-b14"])
-    assert result.exit_code == 1 and "model dinov2-b14: not downloaded, offline (HF_HUB_OFFLINE is set)" in result.output
+    assert result.exit_code == 1
+    assert "model dinov2-b14: not downloaded, offline (HF_HUB_OFFLINE is set)" in result.output
 
 
 def test_local_source_is_fetched_checked_and_then_ready(tmp_path, monkeypatch):

@@ -21,7 +21,9 @@ indexes ``cv_embed`` with the test set's own camera ids, assuming they are the t
 The repository has no cross-domain evaluation and no "mean camera" path; averaging the embeddings
 would be an input the network never saw in training, and the study ran CLIP-ReID with
 ``sie_camera: false`` (paper_code.md section 1). A camera id outside the checkpoint's cameras on the
-training dataset is an error.
+training dataset is an error. An explicit ``weights:`` file is taken as trained on ``trained_on``
+too: a released Market-1501 or Duke SIE file would get its camera embedding nowhere (and fail on
+MSMT17's cameras 6 and up); such a file needs its own registry entry.
 
 The test feature is CLIP-ReID's ``TEST.NECK_FEAT='before'``: ln_post(CLS) (768) concatenated with
 its projection (512), 1280-d, L2-normalised, as in its person configs. The BN-necks, classifiers,

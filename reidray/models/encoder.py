@@ -40,7 +40,9 @@ class Encoder(nn.Module):
                 f"model {self.spec.name}: expected pixels [N, 3, {h}, {w}], got {tuple(pixels.shape)}"
             )
         if self.use_camera and camids is None:
-            raise ValueError(f"model {self.spec.name}: built for {self.spec.trained_on}'s cameras, but no camera ids given")
+            raise ValueError(
+                f"model {self.spec.name}: built for {self.spec.trained_on}'s cameras, but no camera ids given"
+            )
         out = self.features(pixels, camids if self.use_camera else None).float()
         return F.normalize(out, dim=-1) if self.spec.normalize else out
 

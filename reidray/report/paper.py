@@ -79,7 +79,8 @@ def causes() -> list[Cause]:
             "clip-crop", "CLIP input: centre crop and fp16 in the study",
             "The study ran OpenAI CLIP's own transform (short side to 224, then a 224x224 centre crop, which "
             "keeps only the middle half of a standing person) with fp16 weights; reidray squashes the whole "
-            "crop to 224x224 and runs at the job's precision (default fp32; bf16/fp16 autocast only when the job sets it).",
+            "crop to 224x224 and runs at the job's precision (default fp32; bf16/fp16 autocast only when "
+            "the job sets it).",
             models=frozenset({"clip-vit-b32", "clip-vit-b16", "clip-vit-l14"}),
         ),
         Cause(

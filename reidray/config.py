@@ -19,13 +19,14 @@ SYNTHETIC = "reidray-synth"
 
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# What ``auto`` means for the encoders, on CPUs and GPUs alike (embed and serve): bf16/fp16 are
+# opt-in until their ranking tolerance is measured on a GPU with the trained weights.
+AUTO_PRECISION = "fp32"
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """The arithmetic an encoder runs in: ``auto`` is bf16 autocast on GPUs and fp32 on CPUs."""
-    if precision != "auto":
-        return precision
-    return "bf16" if device.startswith("cuda") else "fp32"
+def resolve_precision(precision: str) -> str:
+    """The arithmetic an encoder runs in: ``auto`` is ``AUTO_PRECISION``, on any device."""
+    return AUTO_PRECISION if precision == "auto" else precision
 
 
 def first_problem(exc: ValidationError) -> tuple[tuple, str]:
@@ -53,7 +54,7 @@ class EmbedSettings(BaseModel):
     concurrency: tuple[int, int] = Field(default=(1, 4), description="actor pool (min, max)")
     decode_batch_size: int = Field(default=64, gt=0)
     precision: Precision = Field(
-        default="auto", description="auto: bf16 autocast on GPUs, fp32 on CPUs"
+        default="auto", description="auto: fp32 (bf16/fp16 autocast only when set)"
     )
     share_decode: bool = Field(
         default=True, description="decode once for models of one input size, if the copy fits half the object store"

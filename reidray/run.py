@@ -1,4 +1,4 @@
-"""The command line: ``python -m reidray.run all | embed | score | report | serve | datasets | models``.
+"""The command line: ``python -m reidray.run all | embed | score | report | serve | datasets | models | weights``.
 
 Every command takes the same grid options (a job file, a data root, an output root, model and
 dataset names, the Ray address); options given on the command line override the job file.
@@ -171,6 +171,29 @@ def models_() -> None:
         available, where = weights_status(name)
         status = "ready" if available else "missing"
         say(f"{name:24s} {spec.paradigm:17s} {spec.params_m:8.1f}M  {status:8s} {where}")
+
+
+@app.command("weights")
+@user_errors
+def weights_(
+    models: ModelsOpt = None,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Fetch the missing weights (hub, Google Drive), checked, written atomically.")] = False,
+) -> None:
+    """Each model's weights: where they come from, whether they are here; --download fetches the missing."""
+    from reidray.models import fetch, get, names
+
+    chosen = [get(name).name for name in _split(models)] or names()
+    say(fetch.where_line())
+    if not download:
+        for line in fetch.status_lines(chosen):
+            say(line)
+        return
+    failures = fetch.download_missing(chosen, say)
+    for line in failures:
+        typer.echo(line, err=True)
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command()

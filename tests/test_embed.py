@@ -21,7 +21,7 @@ from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.actor import EncoderActor
 from reidray.embed.dataset import shared_decode_blocker
-from reidray.embed.pipeline import decoded_images, embed_cell, is_complete
+from reidray.embed.pipeline import decoded_images, embed_cell, is_complete, resources
 from reidray.embed.progress import ProgressTracker, finished_line, progress_line, tracker_name
 from reidray.errors import CellError
 from reidray.models import get
@@ -232,3 +232,11 @@ def test_finished_line_names_a_starved_gpu():
     assert "waited on decoding" in line
     fed = _record(encoder_busy_fraction=0.95)
     assert "waited" not in finished_line(fed)
+
+
+def test_auto_precision_is_fp32_on_gpus_too_and_bf16_is_opt_in(ray_session):
+    """Published numbers are fp32 until bf16's tolerance is measured on a GPU with trained weights."""
+    for gpus in (0, 1):
+        assert resources(EmbedSettings(num_gpus=gpus)).precision == "fp32"
+        assert resources(EmbedSettings(num_gpus=gpus, precision="bf16")).precision == "bf16"
+    assert resources(EmbedSettings(num_gpus=1)).device == "cuda"

@@ -89,23 +89,61 @@ def test_saved_checkpoint_loads_back_to_identical_outputs(baseline):
         assert torch.equal(loaded(pixels), enc(pixels))
 
 
-def test_sie_olp_checkpoint_loads_and_uses_the_camera(sie_olp):
+def _without_sie(encoder: clipreid.ClipReidEncoder, cls_shift: torch.Tensor | None = None) -> clipreid.ClipReidEncoder:
+    """The expected computation: the same tower with no camera embedding, ``cls_shift`` added to its
+    class embedding (SIE adds coe * cv_embed[cam] to the CLS token, before the position embedding)."""
+    plain = clipreid.ClipReidEncoder(SPEC, stride=encoder.stride, n_cams=0, random_init=True).eval()
+    plain.load_state_dict({k: v for k, v in encoder.state_dict().items() if k != "cv_embed"})
+    if cls_shift is not None:
+        plain.image_encoder.class_embedding.data += cls_shift
+    return plain
+
+
+def test_sie_olp_checkpoint_loads_and_uses_the_camera_on_its_training_dataset(sie_olp):
     enc, path = sie_olp
-    loaded = build(SPEC.name, weights=path)
+    loaded = build(SPEC.name, weights=path, dataset=SPEC.trained_on)
+    assert SPEC.trained_on == "msmt17" and loaded.use_camera
     assert loaded.stride == 12 and loaded.cv_embed.shape == (15, 768)
-    pixels = prepare(_crops(1), SPEC).expand(4, -1, -1, -1)
-    cams = torch.tensor([0, 3, -1, 99])
+    pixels = prepare(_crops(1), SPEC).expand(2, -1, -1, -1)
+    cams = torch.tensor([0, 3])
     with torch.no_grad():
         out = loaded(pixels, cams)
-        assert torch.equal(out, enc(pixels, cams))
+        assert torch.equal(out, F.normalize(enc.features(pixels, cams), dim=-1))
         assert (out[0] - out[1]).abs().max() > 1e-3  # the camera embedding is used
-        # unknown cameras (-1, or beyond the checkpoint's 15) get the mean camera embedding
-        assert torch.allclose(out[2], out[3]) and torch.allclose(out[2:], loaded(pixels[2:], None))
-        # SIE adds coe * cv_embed[cam] to the CLS token: same as shifting the class embedding
-        shifted = clipreid.ClipReidEncoder(SPEC, stride=12, n_cams=0, random_init=True).eval()
-        shifted.load_state_dict({k: v for k, v in loaded.state_dict().items() if k != "cv_embed"})
-        shifted.image_encoder.class_embedding.data += clipreid.SIE_COE * loaded.cv_embed[3]
-        assert torch.allclose(shifted(pixels[:1]), out[1:2], atol=1e-5)
+        expected = _without_sie(loaded, clipreid.SIE_COE * loaded.cv_embed[3])(pixels[:1])
+        assert torch.allclose(expected, out[1:2], atol=1e-5)
+        with pytest.raises(ReidrayError, match="camera id 15 is outside the checkpoint's 15 cameras"):
+            loaded(pixels[:1], torch.tensor([15]))
+        with pytest.raises(ValueError, match="no camera ids"):
+            loaded(pixels[:1])
+
+
+def test_market_and_msmt17_cells_take_the_two_camera_paths(sie_olp):
+    """The same pixels and camera ids: the MSMT17 cell adds each image's camera embedding, the
+    Market cell none (CLIP-ReID's forward with cam_label=None); the fingerprints differ."""
+    from reidray.embed.actor import EncoderActor
+    from reidray.embed.pipeline import cell_fingerprint
+    from reidray.models.preprocess import resize
+
+    _, path = sie_olp
+    images = _crops(2)
+    cams = np.array([1, 4])
+    batch = {"image_id": np.array(["a", "b"]), "pid": np.array([7, 8]), "camid": cams,
+             "split": np.array(["query", "gallery"]), "pixels": np.stack([resize(im, SPEC) for im in images])}
+    cells = {d: EncoderActor(SPEC.name, str(path), False, device="cpu", dataset=d) for d in ("msmt17", "market1501")}
+    got = {d: np.stack(actor(batch).column("embedding").to_numpy(zero_copy_only=False)) for d, actor in cells.items()}
+    loaded = cells["msmt17"].encoder
+    pixels = prepare(images, SPEC)
+    with torch.no_grad():
+        msmt = torch.cat([_without_sie(loaded, clipreid.SIE_COE * loaded.cv_embed[c])(pixels[i:i + 1])
+                          for i, c in enumerate(cams)])
+        market = _without_sie(loaded)(pixels)
+    assert np.abs(got["msmt17"] - msmt.numpy()).max() < 1e-5
+    assert np.abs(got["market1501"] - market.numpy()).max() < 1e-5
+    assert np.abs(got["msmt17"] - got["market1501"]).max() > 1e-3
+    fps = {d: cell_fingerprint(SPEC.name, str(path), False, "digest", dataset=d)
+           for d in ("msmt17", "market1501", "last")}
+    assert fps["msmt17"] != fps["market1501"] == fps["last"]
 
 
 def test_matches_open_clip_vision_transformer_with_clip_reid_transforms(baseline):
@@ -170,3 +208,18 @@ def test_bad_files_name_the_file(tmp_path, baseline):
     junk.write_bytes(b"<html>quota exceeded</html>")
     with pytest.raises(ReidrayError, match="junk.pth"):
         build(SPEC.name, weights=junk)
+
+
+def test_a_file_of_another_depth_or_embedding_dimension_is_named(tmp_path, baseline):
+    enc, _ = baseline
+    good = _released_state(enc, prompt=False, ddp=False)
+    shallow = {k: v for k, v in good.items() if not any(f"resblocks.{i}." in k for i in range(6, 12))}
+    narrow = dict(good, **{"image_encoder.proj": torch.zeros(768, 256)})
+    for name, state, mismatch in (("shallow.pth", shallow, "depth 6 (registry 12)"),
+                                  ("narrow.pth", narrow, "embedding dimension 256 (registry 512)")):
+        torch.save(state, tmp_path / name)
+        with pytest.raises(ReidrayError) as info:
+            build(SPEC.name, weights=tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(f"model {SPEC.name}: {tmp_path / name}") and mismatch in message
+        assert "\n" not in message

@@ -100,6 +100,33 @@ def test_osnet_checkpoint_with_a_missing_key_fails(tmp_path):
         build(OSNET.name, weights=path)
 
 
+class _Runs:
+    """Anything a weights-only load must refuse: unpickling it would call ``print``."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_zoo_file_with_numpy_scalars_loads_weights_only(tmp_path, legacy):
+    """torchreid's zoo files hold the run's numpy scalars (deep-person-reid #592); the 2019 ones
+    are in torch's legacy format, pickled under numpy 1's ``numpy.core`` names."""
+    path = tmp_path / "zoo.pth"
+    saved = _save_zoo_checkpoint(path, seed=8)
+    state = torch.load(path, weights_only=True)
+    state |= {"rank1": np.float32(0.942), "mAP": np.float64(0.826), "step": np.int64(150)}
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    if legacy:
+        path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    with pytest.raises(Exception, match="numpy"):  # what the allow-list is for
+        torch.load(path, weights_only=True)
+    assert _same_weights(build(OSNET.name, weights=path), saved)
+
+    torch.save(dict(state, extra=_Runs()), path)
+    with pytest.raises(ReidrayError, match="does not load"):
+        build(OSNET.name, weights=path)
+
+
 # ---- hub models: $REIDRAY_WEIGHTS/<org>/<repo>/ and the Hugging Face cache ------------------
 
 PE = get("pe-spatial-s16-512")
@@ -233,4 +260,4 @@ def test_the_checkpoint_folder_is_torchs_own_without_importing_torch(monkeypatch
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        assert W._checkpoint_dir() == Path(torch.hub.get_dir()) / "checkpoints"
+        assert W.checkpoint_dir() == Path(torch.hub.get_dir()) / "checkpoints"

@@ -250,7 +250,8 @@ def test_bad_inputs_get_their_status_and_the_service_keeps_answering(service):
         ("POST", "/embed", {"params": {"model": "handcrafted"}, "content": b"\0" * (MAX_UPLOAD + 1)}, 413, "exceeds"),
         ("POST", "/embed", {"params": {"model": "handcrafted"}, "content": chunks()}, 413, "exceeds"),
         ("POST", "/embed", {"params": {"model": "handcrafted"}, "content": _png(2000, 1000)}, 413, "pixels"),
-        ("POST", "/embed", {"params": {"model": "clip-reid-vit-b16"}, "content": jpeg}, 422, "camid"),
+        ("POST", "/embed", {"params": {"model": "clip-reid-vit-b16", "dataset": "msmt17"}, "content": jpeg}, 422,
+         "camid"),
         ("POST", "/search/text", {"json": {"model": "clip-vit-b16", "gallery": DATASET, "text": "red"}}, 409,
          "embedded with weights timm/vit_base_patch16_clip_224.openai but this service runs clip-vit-b16 with random"),
         # No SigLIP2 config or tokenizer on this machine: even a random-init text tower cannot be built.

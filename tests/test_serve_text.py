@@ -128,7 +128,7 @@ def test_siglip_without_a_tokenizer_file_says_what_to_download(siglip_folder, tm
     spec = get("siglip2-b16-256")
     _no_other_sources(tmp_path, monkeypatch)
     bare = _copy(folder, tmp_path / "bare", [f for f in spec.weights_files + spec.text_files if f != missing])
-    download = f"huggingface-cli download google/siglip2-base-patch16-256 {' '.join(spec.text_files)}"
+    download = r"python -m reidray.run weights --download -m siglip2-b16-256`.*google/siglip2-base-patch16-256"
     with pytest.raises(WeightsNotFoundError, match=f"tokenizer files.*{missing}.*{download}"):
         build_text(spec.name, weights=bare)
 

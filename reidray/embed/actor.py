@@ -22,7 +22,7 @@ class EncoderActor:
     """Holds the model on its device; Ray Data feeds it batches from the decode stage."""
 
     def __init__(self, model: str, weights: str | None, random_init: bool, precision: str = "fp32",
-                 device: str | None = None, tracker=None) -> None:
+                 device: str | None = None, tracker=None, dataset: str | None = None) -> None:
         import ray
         import torch
 
@@ -34,7 +34,9 @@ class EncoderActor:
             # Ray pins a worker to one thread; on a CPU-only node this actor is the only encoder
             # (see embed.pipeline.resources), so let torch use the node's cores.
             torch.set_num_threads(os.cpu_count() or 1)
-        self.encoder = build(model, weights=weights, random_init=random_init, device=self.device).eval()
+        # the dataset decides whether camera ids are used (models.uses_camera_ids)
+        self.encoder = build(model, weights=weights, random_init=random_init, device=self.device,
+                             dataset=dataset).eval()
         self.spec = self.encoder.spec
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.tracker = tracker
@@ -62,7 +64,7 @@ class EncoderActor:
         torch = self.torch
         pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"])).to(self.device, non_blocking=True)
         camids = None
-        if self.spec.uses_camera:
+        if self.encoder.use_camera:
             camids = torch.from_numpy(np.asarray(batch["camid"], dtype=np.int64)).to(self.device)
         vectors = self.embed(pixels, camids).cpu().numpy()
         columns = {k: pa.array(np.asarray(batch[k])) for k in LABELS}

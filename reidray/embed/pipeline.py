@@ -28,26 +28,30 @@ from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
 from reidray.errors import CellError, user_error
-from reidray.models import get
+from reidray.models import get, uses_camera_ids
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, fingerprint, manifest_hash
 
 
 def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
-                     precision: str = "fp32") -> str:
-    """Everything that changes a cell's embeddings: model facts, weights, precision, the images."""
+                     precision: str = "fp32", dataset: str | None = None) -> str:
+    """Everything that changes a cell's embeddings: model facts, weights, precision, the images,
+    and for a camera-aware model whether the dataset's camera ids are used."""
     spec = get(model)
-    return fingerprint(
-        {
-            "model": model,
-            "weights_id": spec.weights_id,
-            "weights": weights,
-            "random_init": random_init,
-            "precision": precision,
-            "preprocess": [*resize_key(spec), spec.mean, spec.std],
-            "manifest": manifest_digest,
-        }
-    )
+    facts = {
+        "model": model,
+        "weights_id": spec.weights_id,
+        "weights": weights,
+        "random_init": random_init,
+        "precision": precision,
+        "preprocess": [*resize_key(spec), spec.mean, spec.std],
+        "manifest": manifest_digest,
+    }
+    if spec.revision:
+        facts["revision"] = spec.revision
+    if spec.uses_camera:
+        facts["camera_embedding"] = "per-camera" if uses_camera_ids(spec, dataset) else "none"
+    return fingerprint(facts)
 
 
 @dataclass(frozen=True)
@@ -61,19 +65,24 @@ class Resources:
 
 
 def resources(settings: EmbedSettings) -> Resources:
-    """One GPU per actor when the cluster has GPUs (or the job says so); bf16 there by default."""
+    """One GPU per actor when the cluster has GPUs (or the job says so).
+
+    ``precision: auto`` is fp32 everywhere: bf16/fp16 are opt-in (job or model entry) until their
+    ranking tolerance is measured on a GPU with the trained weights (docs/benchmarks.md).
+    """
     gpus_in_cluster = ray.cluster_resources().get("GPU", 0)
     num_gpus = settings.num_gpus if settings.num_gpus is not None else (1.0 if gpus_in_cluster else 0.0)
     if num_gpus == 0:
         # On CPU an actor already uses every core through torch; more actors only contend.
-        return Resources(0.0, (1, 1), "cpu", resolve_precision(settings.precision, "cpu"))
-    return Resources(num_gpus, settings.concurrency, "cuda", resolve_precision(settings.precision, "cuda"))
+        return Resources(0.0, (1, 1), "cpu", resolve_precision(settings.precision))
+    return Resources(num_gpus, settings.concurrency, "cuda", resolve_precision(settings.precision))
 
 
 def is_complete(store: Store, model: str, dataset: str, manifest_digest: str, *, weights: str | None,
                 random_init: bool, settings: EmbedSettings) -> bool:
     """Whether the stored cell already holds exactly what this run would write."""
-    fp = cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision)
+    fp = cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision,
+                          dataset)
     return stored_cell(store, model, dataset, fp) is not None
 
 
@@ -129,7 +138,8 @@ def embed_cell(
     settings = settings or EmbedSettings()
     spec = get(model)
     res = resources(settings)
-    fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision)
+    fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision,
+                          dataset)
     stored = stored_cell(store, model, dataset, fp)
     if stored is not None:
         return stored
@@ -141,7 +151,7 @@ def embed_cell(
     ds = (decoded if decoded is not None else decoded_images(manifest, model, settings)).map_batches(
         EncoderActor,
         fn_constructor_kwargs={"model": model, "weights": weights, "random_init": random_init,
-                               "precision": res.precision, "tracker": tracker},
+                               "precision": res.precision, "tracker": tracker, "dataset": dataset},
         compute=ray.data.ActorPoolStrategy(min_size=res.pool[0], max_size=res.pool[1]),
         num_gpus=res.num_gpus,
         batch_size=settings.batch_size or spec.batch_size,

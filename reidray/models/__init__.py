@@ -7,10 +7,12 @@ framework; ``Encoder`` and ``build`` bring in torch when first used.
 
 from typing import Any
 
-from reidray.models.registry import MODELS, ModelSpec, get, names
+from reidray.models.registry import MODELS, ModelSpec, get, names, uses_camera_ids
 from reidray.models.factory import build, status_rows, weights_status
 
-__all__ = ["MODELS", "Encoder", "ModelSpec", "build", "get", "names", "status_rows", "weights_status"]
+__all__ = [
+    "MODELS", "Encoder", "ModelSpec", "build", "get", "names", "status_rows", "uses_camera_ids", "weights_status",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,8 +9,21 @@ from OpenAI's tower, both read from the checkpoint:
   ``image_encoder.positional_embedding``: a 256x128 input gives 16x8 (+1) positions at stride 16
   and 21x10 (+1) at stride 12;
 - the camera embedding (SIE), ``cv_embed`` [n_cams, 768], present in SIE models only. It is added,
-  times ``SIE_COE``, to the CLS token. A camera id outside the checkpoint's cameras (another
-  dataset's, or -1/unknown) gets the mean camera embedding, i.e. no particular camera.
+  times ``SIE_COE``, to the CLS token.
+
+Which images get a camera embedding. The per-camera embeddings are learned for the cameras of the
+dataset the checkpoint was trained on (the registry's ``trained_on``: MSMT17, 15 cameras, for the
+default file), so they are used only there: ``build(..., dataset="msmt17")``. On every other
+dataset the encoder adds none, because that is what CLIP-ReID's own code does whenever it has no
+camera label: its model's forward sets the camera embedding to None when ``cam_label`` is None,
+and its test processor passes ``cam_label=None`` unless ``MODEL.SIE_CAMERA`` is on, in which case it
+indexes ``cv_embed`` with the test set's own camera ids, assuming they are the training cameras.
+The repository has no cross-domain evaluation and no "mean camera" path; averaging the embeddings
+would be an input the network never saw in training, and the study ran CLIP-ReID with
+``sie_camera: false`` (paper_code.md section 1). A camera id outside the checkpoint's cameras on the
+training dataset is an error. An explicit ``weights:`` file is taken as trained on ``trained_on``
+too: a released Market-1501 or Duke SIE file would get its camera embedding nowhere (and fail on
+MSMT17's cameras 6 and up); such a file needs its own registry entry.
 
 The test feature is CLIP-ReID's ``TEST.NECK_FEAT='before'``: ln_post(CLS) (768) concatenated with
 its projection (512), 1280-d, L2-normalised, as in its person configs. The BN-necks, classifiers,
@@ -27,6 +40,8 @@ from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
 from reidray.errors import ReidrayError
+from reidray.models import torchfile
+from reidray.models.checks import check_shapes
 from reidray.models.encoder import Encoder
 from reidray.models.registry import ModelSpec
 
@@ -78,26 +93,29 @@ class ClipReidEncoder(Encoder):
         self.image_encoder = ClipReidVisual(stride, spec.input_size)
         self.cv_embed = nn.Parameter(torch.randn(n_cams, WIDTH) * 0.02) if n_cams else None
 
-    def _camera_offset(self, n: int, camids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        if self.cv_embed is None:
+    def _camera_offset(self, camids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """SIE_COE * cv_embed[camid] per image, or None (no camera embedding) without camera ids."""
+        if self.cv_embed is None or camids is None:
             return None
         n_cams = self.cv_embed.shape[0]
-        offset = self.cv_embed.mean(dim=0).expand(n, -1)
-        if camids is not None:
-            camids = camids.to(device=device, dtype=torch.long).view(-1)
-            known = (camids >= 0) & (camids < n_cams)
-            offset = torch.where(known.unsqueeze(1), self.cv_embed[camids.clamp(0, n_cams - 1)], offset)
-        return SIE_COE * offset
+        camids = camids.to(device=device, dtype=torch.long).view(-1)
+        if bool(((camids < 0) | (camids >= n_cams)).any()):
+            bad = int(camids[(camids < 0) | (camids >= n_cams)][0])
+            raise ReidrayError(
+                f"model {self.spec.name}: camera id {bad} is outside the checkpoint's {n_cams} cameras "
+                f"({self.spec.trained_on}'s); the camera embedding is only used on that dataset"
+            )
+        return SIE_COE * self.cv_embed[camids]
 
     def features(self, pixels: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
-        cls = self.image_encoder(pixels, self._camera_offset(pixels.shape[0], camids, pixels.device))
+        cls = self.image_encoder(pixels, self._camera_offset(camids, pixels.device))
         return torch.cat([cls, cls @ self.image_encoder.proj.to(cls.dtype)], dim=1)
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a CLIP-ReID checkpoint file, unwrapped and without a DDP ``module.`` prefix."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torchfile.load(path)
     except Exception as exc:
         raise ReidrayError(f"CLIP-ReID checkpoint {path} does not load with torch.load: {exc}") from exc
     for key in ("state_dict", "model"):
@@ -112,12 +130,12 @@ def _stride_of(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> i
     """The conv stride whose patch grid matches the checkpoint's position embedding."""
     key = "image_encoder.positional_embedding"
     if key not in state:
-        raise ReidrayError(f"{path} is not a CLIP-ReID ViT checkpoint: no {key}")
+        raise ReidrayError(f"model {spec.name}: {path} is not a CLIP-ReID ViT checkpoint: no {key}")
     positions = state[key].shape[0] - 1
     strides = [s for s in range(1, PATCH + 1) if grid(s, spec.input_size)[0] * grid(s, spec.input_size)[1] == positions]
     if len(strides) != 1:
         raise ReidrayError(
-            f"{path}: {key} has {positions} patch positions, which no conv stride gives at input "
+            f"model {spec.name}: {path}: {key} has {positions} patch positions, which no conv stride gives at input "
             f"{spec.input_size[0]}x{spec.input_size[1]}"
         )
     return strides[0]
@@ -143,5 +161,7 @@ def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> ClipReidE
     state = read_checkpoint(path)
     cams = state["cv_embed"].shape[0] if "cv_embed" in state else 0
     encoder = ClipReidEncoder(spec, stride=_stride_of(state, spec, path), n_cams=cams, random_init=False)
+    check_shapes(spec.name, path, {k: tuple(v.shape) for k, v in state.items()},
+                 {k: tuple(v.shape) for k, v in encoder.state_dict().items()}, "CLIP-ReID ViT-B/16", "image_encoder.")
     load_released(encoder, state, path)
     return encoder

@@ -18,12 +18,15 @@ class Encoder(nn.Module):
     Subclasses implement :meth:`features`; :meth:`forward` applies the L2 normalisation the
     spec promises, so that decision lives in one place (the registry entry) and no model can
     forget it. ``random_init`` travels with the encoder into every output row and report.
+    ``use_camera`` (set by ``build`` from the dataset, ``registry.uses_camera_ids``) says whether
+    camera ids reach :meth:`features`; when it is False they are dropped here, in one place.
     """
 
     def __init__(self, spec: ModelSpec, *, random_init: bool) -> None:
         super().__init__()
         self.spec = spec
         self.random_init = random_init
+        self.use_camera = False
 
     def features(self, pixels: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
         """The raw embedding [N, spec.dim] of normalised pixels [N, 3, H, W]."""
@@ -36,8 +39,12 @@ class Encoder(nn.Module):
             raise ValueError(
                 f"model {self.spec.name}: expected pixels [N, 3, {h}, {w}], got {tuple(pixels.shape)}"
             )
-        out = self.features(pixels, camids).float()
+        if self.use_camera and camids is None:
+            raise ValueError(
+                f"model {self.spec.name}: built for {self.spec.trained_on}'s cameras, but no camera ids given"
+            )
+        out = self.features(pixels, camids if self.use_camera else None).float()
         return F.normalize(out, dim=-1) if self.spec.normalize else out
 
     def extra_repr(self) -> str:
-        return f"name={self.spec.name!r}, random_init={self.random_init}"
+        return f"name={self.spec.name!r}, random_init={self.random_init}, use_camera={self.use_camera}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reidray.models.registry import MODELS, get
+from reidray.models.registry import MODELS, get, uses_camera_ids
 
 if TYPE_CHECKING:
     from reidray.models.encoder import Encoder
@@ -21,8 +21,12 @@ def build(
     weights: str | Path | None = None,
     random_init: bool = False,
     device: str = "cpu",
+    dataset: str | None = None,
 ) -> Encoder:
     """Build ``name``'s encoder in eval mode on ``device``, weights resolved (see ``weights.resolve``).
+
+    ``dataset`` is the dataset whose images it will embed: it decides whether camera ids are used
+    (``registry.uses_camera_ids``); None (no dataset, e.g. a bare embedding request) means they are not.
 
     ``random_init=True`` skips the weights and initialises the architecture from a fixed seed,
     so every process (e.g. each Ray actor) builds the same random model; it is for tests and
@@ -43,6 +47,7 @@ def build(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         encoder = family.build(spec, path, random_init=random_init and spec.needs_weights)
+    encoder.use_camera = uses_camera_ids(spec, dataset)
     encoder.requires_grad_(False)
     return encoder.to(device).eval()
 

@@ -5,6 +5,9 @@ The embedding is the eval-mode output: global average pool, then the fc block (L
 BatchNorm1d, ReLU), 512-d, non-negative and not normalised; torchreid scores it with euclidean
 distance on raw features, and so does the registry.
 
+The zoo files also hold numpy scalars (the run's rank-1): ``torchfile.load`` reads them with
+``weights_only=True`` and an allow-list of exactly those numpy globals.
+
 Loading is strict: the checkpoint's classifier (sized to the training set's ids) is the only key
 dropped, by name; anything missing or mis-shaped is an error. (torchreid's own
 ``load_pretrained_weights`` skips mismatched keys with a warning, the study's silent failure mode.)
@@ -19,6 +22,8 @@ import torch
 from torch import nn
 
 from reidray.errors import ReidrayError
+from reidray.models import torchfile
+from reidray.models.checks import check_shapes
 from reidray.models.encoder import Encoder
 from reidray.models.registry import ModelSpec
 
@@ -53,7 +58,7 @@ class OsnetEncoder(Encoder):
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A torchreid checkpoint's state dict, unwrapped, without a DataParallel ``module.`` prefix."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torchfile.load(path)
     except Exception as exc:
         raise ReidrayError(f"OSNet checkpoint {path} does not load with torch.load: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -67,6 +72,8 @@ def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> OsnetEnco
     if random_init or path is None:
         return OsnetEncoder(spec, model, random_init=True)
     state = {k: v for k, v in read_checkpoint(path).items() if not k.startswith("classifier.")}
+    check_shapes(spec.name, path, {k: tuple(v.shape) for k, v in state.items()},
+                 {k: tuple(v.shape) for k, v in model.state_dict().items()}, spec.arch)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

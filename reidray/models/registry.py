@@ -18,7 +18,11 @@ Choices beyond the study. CLIP-ReID's default checkpoint is the released MSMT17 
 OLP model (the method's headline model); the study's config resolved to the ViT-baseline file,
 which loads too (give its path: stride and cameras are read from the checkpoint). PE-Core is
 labelled language-aligned (it is a CLIP model, trained image-text contrastively), where the
-paper's Table 1 says self-supervised. Everything runs in float32.
+paper's Table 1 says self-supervised.
+
+Precision. The encoders are built and loaded in float32 and, by default (``precision: auto``), run
+in float32; a job or model entry may opt into bf16/fp16 autocast (``embed/actor.py``), which is
+part of the cell's fingerprint.
 
 Parameter counts. ``params_m`` is the vision tower reidray runs (what costs time and memory).
 Table 1 of the paper counted whole modules; ``paper_params_m`` keeps its figure and
@@ -65,6 +69,8 @@ class ModelSpec:
     library: str  # the library that defines the architecture
     arch: str  # that library's name for the architecture
     embedding: str  # which output is the embedding
+    trained_on: str = ""  # registered dataset the default checkpoint was fine-tuned on (its cameras, for SIE)
+    revision: str = ""  # set when reidray's computation of the embedding changes: stored cells are redone
     weights_files: tuple[str, ...] = ()  # files needed from the hub repo (hub models)
     text_files: tuple[str, ...] = ()  # more files of that repo the text tower needs (its tokenizer)
     weights_url: str = ""  # where the weights come from (download source, or the page to get them)
@@ -89,7 +95,8 @@ _SPECS: list[ModelSpec] = [
         # torchreid's own test setting: raw features, euclidean distance
         normalize=False, metric="euclidean",
         weights_id="osnet_x1_0_market_256x128_amsgrad_ep150_stp60_lr0.0015_b64_fb10_softmax_labelsmooth_flip.pth",
-        needs_weights=True, uses_camera=False, batch_size=256, family="osnet", library="torchreid",
+        needs_weights=True, uses_camera=False, trained_on="market1501", batch_size=256, family="osnet",
+        library="torchreid",
         arch="osnet_x1_0", embedding="eval-mode output: global average pool -> fc (512, BN, ReLU)",
         weights_url="https://drive.google.com/uc?id=1vduhq5DpN2q1g4fYEZfPI17MJeh9qyrA",
         paper_name="OSNet-x1.0", paper_params_m=2.5,
@@ -102,7 +109,8 @@ _SPECS: list[ModelSpec] = [
         name="clip-reid-vit-b16", paradigm="supervised", params_m=86.215, input_size=(256, 128),
         interpolation="bilinear", mean=HALF, std=HALF, dim=1280, normalize=True, metric="cosine",
         weights_id="MSMT17_clipreid_12x12sie_ViT-B-16_60.pth",
-        needs_weights=True, uses_camera=True, batch_size=128, family="clipreid", library="open_clip",
+        needs_weights=True, uses_camera=True, trained_on="msmt17", batch_size=128, family="clipreid",
+        library="open_clip",
         arch="ViT-B-16 (OpenAI layout, QuickGELU), conv stride and SIE read from the checkpoint",
         embedding="cat(ln_post(CLS) 768, ln_post(CLS) @ proj 512), before the BN-necks (TEST.NECK_FEAT=before)",
         weights_url="https://drive.google.com/uc?id=1sPZbWTv2_stXBGutjHMvE87pAbSAgVaz",
@@ -164,6 +172,7 @@ _SPECS: list[ModelSpec] = [
         weights_id="facebook/dinov2-base", weights_files=("config.json", "model.safetensors"),
         needs_weights=True, uses_camera=False, batch_size=256, family="hf", library="transformers",
         arch="Dinov2Model", embedding="pooler_output: final-LayerNorm CLS token (x_norm_clstoken)",
+        revision="released position resize",
         weights_url=_hub("facebook/dinov2-base"),
         paper_name="DINOv2-B14", paper_params_m=86.6, paper_params_scope="the backbone (Table 1 rounds it to 87M)",
     ),
@@ -173,6 +182,7 @@ _SPECS: list[ModelSpec] = [
         weights_id="facebook/dinov2-large", weights_files=("config.json", "model.safetensors"),
         needs_weights=True, uses_camera=False, batch_size=128, family="hf", library="transformers",
         arch="Dinov2Model", embedding="pooler_output: final-LayerNorm CLS token (x_norm_clstoken)",
+        revision="released position resize",
         weights_url=_hub("facebook/dinov2-large"),
         paper_name="DINOv2-L14", paper_params_m=304.4, paper_params_scope="the backbone",
     ),
@@ -227,3 +237,13 @@ def get(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise UnknownNameError("model", name, names()) from None
+
+
+def uses_camera_ids(spec: ModelSpec, dataset: str | None) -> bool:
+    """Whether ``spec``'s encoder adds its per-camera embedding for images of ``dataset``.
+
+    Only on the dataset its checkpoint was trained on: camera ids of any other dataset name other
+    cameras (Market's camera 3 is not MSMT17's camera 3; Celeb-reID's "camera" is an image index),
+    so there the encoder runs without camera embedding (see ``clipreid``).
+    """
+    return spec.uses_camera and dataset is not None and dataset == spec.trained_on

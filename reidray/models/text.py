@@ -161,8 +161,8 @@ def _siglip_tokenizer_dir(spec: ModelSpec, folder: Path | None) -> Path:
     where = folder or Path(f"${_weights.ENV_DIR}") / spec.weights_id
     raise WeightsNotFoundError(
         f"model {spec.name}: the text tower needs the tokenizer files ({', '.join(spec.text_files)}), "
-        f"not found, {why_not}; get them with `huggingface-cli download {spec.weights_id} {' '.join(spec.text_files)} "
-        f"--local-dir {where}`"
+        f"not found, {why_not}; run `python -m reidray.run weights --download -m {spec.name}` (it fetches them "
+        f"with the weights), or put them from hub repo {spec.weights_id} in {where}"
     )
 
 

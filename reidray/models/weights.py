@@ -7,12 +7,12 @@ first three only look at the disk, so a missing model fails in milliseconds with
 the model, the file or hub repo expected and where to put it.
 
 Layout of ``$REIDRAY_WEIGHTS``: a file checkpoint sits at ``$REIDRAY_WEIGHTS/<file name>``; a hub
-model's files at ``$REIDRAY_WEIGHTS/<org>/<repo>/`` (what ``huggingface-cli download <org>/<repo>
---local-dir $REIDRAY_WEIGHTS/<org>/<repo>`` writes).
+model's files at ``$REIDRAY_WEIGHTS/<org>/<repo>/`` (what ``python -m reidray.run weights
+--download`` writes there when the variable is set; ``fetch.py``).
 
-Downloads: ``REIDRAY_DOWNLOAD=1`` always tries, ``REIDRAY_DOWNLOAD=0`` never does; otherwise
-reidray does not try when ``HF_HUB_OFFLINE`` is set, and tries only after a two-second check that
-the host answers, so an offline machine never waits on network timeouts.
+Downloads during a run: ``REIDRAY_DOWNLOAD=1`` always tries, ``REIDRAY_DOWNLOAD=0`` never does;
+otherwise reidray does not try when ``HF_HUB_OFFLINE`` is set, and tries only after a two-second
+check that the host answers, so an offline machine never waits on network timeouts.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _is_file_checkpoint(spec: ModelSpec) -> bool:
     return not spec.weights_files
 
 
-def _target(spec: ModelSpec, folder: Path) -> Path:
+def target(spec: ModelSpec, folder: Path) -> Path:
     """What a builder receives: the checkpoint file, or the folder when the library needs several files."""
     if _is_file_checkpoint(spec):
         return folder / spec.weights_id
@@ -50,19 +50,14 @@ def _complete(spec: ModelSpec, folder: Path) -> bool:
     return all((folder / f).is_file() for f in spec.weights_files)
 
 
-def _expected(spec: ModelSpec) -> str:
+def expected(spec: ModelSpec) -> str:
     if _is_file_checkpoint(spec):
         return f"file {spec.weights_id} (from {spec.weights_url})"
     return f"hub repo {spec.weights_id} (files {', '.join(spec.weights_files)})"
 
 
-def _where_to_put(spec: ModelSpec) -> str:
-    if _is_file_checkpoint(spec):
-        return f"${ENV_DIR}/{spec.weights_id}"
-    return (
-        f"${ENV_DIR}/{spec.weights_id}/ (huggingface-cli download {spec.weights_id} "
-        f"--local-dir ${ENV_DIR}/{spec.weights_id})"
-    )
+def where_to_put(spec: ModelSpec) -> str:
+    return f"${ENV_DIR}/{spec.weights_id}" + ("" if _is_file_checkpoint(spec) else "/")
 
 
 def _explicit(spec: ModelSpec, weights: str | Path) -> Path:
@@ -73,10 +68,10 @@ def _explicit(spec: ModelSpec, weights: str | Path) -> Path:
     if path.is_dir():
         for folder in (path, path / spec.weights_id):
             if _complete(spec, folder):
-                return _target(spec, folder)
+                return target(spec, folder)
     raise WeightsNotFoundError(
         f"model {spec.name}: weights path {path} is not {'a file or ' if len(spec.weights_files) < 2 else ''}"
-        f"a folder holding {_expected(spec)}; fix the path in the job file"
+        f"a folder holding {expected(spec)}; fix the path in the job file"
     )
 
 
@@ -86,10 +81,10 @@ def _weights_dir(spec: ModelSpec) -> Path | None:
         return None
     base = Path(root).expanduser()
     folder = base if _is_file_checkpoint(spec) else base / spec.weights_id
-    return _target(spec, folder) if _complete(spec, folder) else None
+    return target(spec, folder) if _complete(spec, folder) else None
 
 
-def _checkpoint_dir() -> Path:
+def checkpoint_dir() -> Path:
     """torch's checkpoint folder, where file checkpoints are cached: ``torch.hub.get_dir()/checkpoints``,
     derived by torch's documented rule ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch)
     so that looking for weights does not import torch (tests hold it equal to torch's own)."""
@@ -100,25 +95,29 @@ def _checkpoint_dir() -> Path:
 
 def _library_cache(spec: ModelSpec) -> Path | None:
     if _is_file_checkpoint(spec):
-        folder = _checkpoint_dir()
-        return _target(spec, folder) if _complete(spec, folder) else None
+        folder = checkpoint_dir()
+        return target(spec, folder) if _complete(spec, folder) else None
     from huggingface_hub import try_to_load_from_cache
 
     found = [try_to_load_from_cache(spec.weights_id, f) for f in spec.weights_files]
     if not all(isinstance(p, str) for p in found):
         return None
-    return _target(spec, Path(found[0]).parent)
+    return target(spec, Path(found[0]).parent)
 
 
-def _local(spec: ModelSpec, weights: str | Path | None) -> Path | None:
+def local(spec: ModelSpec, weights: str | Path | None = None) -> Path | None:
+    """Where the weights are on this machine (explicit path, then the folder, then the cache), or None."""
     if weights is not None:
         return _explicit(spec, weights)
     return _weights_dir(spec) or _library_cache(spec)
 
 
 def _host_answers(url: str) -> bool:
-    """A TCP connect to the download host, bounded by a thread so slow DNS cannot stall us."""
+    """A TCP connect to the download host, bounded by a thread so slow DNS cannot stall us; a
+    local source (no host) always answers."""
     host = urlparse(url).hostname or ""
+    if not host:
+        return True
     result: list[bool] = []
 
     def probe() -> None:
@@ -150,17 +149,10 @@ def _download_blocker(spec: ModelSpec) -> str | None:
 
 def _download(spec: ModelSpec) -> Path:
     if _is_file_checkpoint(spec):
-        import gdown
+        from reidray.models import fetch
 
-        folder = _checkpoint_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        part = folder / (spec.weights_id + ".part")
-        gdown.download(spec.weights_url, str(part), quiet=False)
-        if not part.is_file():
-            raise WeightsNotFoundError(f"model {spec.name}: download of {spec.weights_url} failed")
-        part.replace(folder / spec.weights_id)
-        return folder / spec.weights_id
-    return _target(spec, _hub_folder(spec, spec.weights_files))
+        return fetch.download(spec)  # atomic, size-checked, loaded once as the model's checkpoint
+    return target(spec, _hub_folder(spec, spec.weights_files))
 
 
 def _hub_folder(spec: ModelSpec, files: tuple[str, ...]) -> Path:
@@ -192,7 +184,7 @@ def resolve(spec: ModelSpec, weights: str | Path | None = None) -> Path:
 
     Raises WeightsNotFoundError naming the model, what is expected and where to put it.
     """
-    found = _local(spec, weights)
+    found = local(spec, weights)
     if found is not None:
         return found
     blocker = _download_blocker(spec)
@@ -204,8 +196,9 @@ def resolve(spec: ModelSpec, weights: str | Path | None = None) -> Path:
         except Exception as exc:  # network and hub errors: report them as missing weights
             blocker = _failure(exc)
     raise WeightsNotFoundError(
-        f"model {spec.name}: weights not found, {blocker}; expected {_expected(spec)}; "
-        f"put it at {_where_to_put(spec)} or give its path as weights: in the job file"
+        f"model {spec.name}: weights not found, {blocker}; expected {expected(spec)}; "
+        f"run `python -m reidray.run weights --download -m {spec.name}`, or put it at {where_to_put(spec)}, "
+        "or give its path as weights: in the job file"
     )
 
 
@@ -214,9 +207,10 @@ def status(spec: ModelSpec, weights: str | Path | None = None) -> tuple[bool, st
     if not spec.needs_weights:
         return True, "built in (no weights)"
     try:
-        found = _local(spec, weights)
+        found = local(spec, weights)
     except WeightsNotFoundError as exc:
         return False, str(exc)
     if found is not None:
         return True, str(found)
-    return False, f"missing: expected {_expected(spec)} at {_where_to_put(spec)} or in the library cache"
+    return False, (f"missing: expected {expected(spec)} at {where_to_put(spec)} or in the library cache; "
+                   f"run `python -m reidray.run weights --download -m {spec.name}`")

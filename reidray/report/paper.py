@@ -82,7 +82,8 @@ def causes(head: pl.DataFrame) -> list[Cause]:
             "clip-crop", "CLIP input: centre crop and fp16 in the study",
             "The study ran OpenAI CLIP's own transform (short side to 224, then a 224x224 centre crop, which "
             "keeps only the middle half of a standing person) with fp16 weights; reidray squashes the whole "
-            "crop to 224x224 and runs at the job's precision (default: fp32 on CPUs, bf16 autocast on GPUs).",
+            "crop to 224x224 and runs at the job's precision (default fp32; bf16/fp16 autocast only when "
+            "the job sets it).",
             models=frozenset({"clip-vit-b32", "clip-vit-b16", "clip-vit-l14"}),
         ),
         Cause(
@@ -91,7 +92,8 @@ def causes(head: pl.DataFrame) -> list[Cause]:
             "checkpoint (CLIP fine-tuned with ID and triplet losses, no prompt stage) and discards its "
             "fine-tuned position embedding; reidray loads the released MSMT17 CLIP-ReID checkpoint with SIE and "
             "overlapping patches (the authors' own configuration notes about 74% MSMT17 mAP for it) strictly, "
-            "position embedding and camera embedding included.",
+            "position embedding and camera embedding included; the camera embedding is added on MSMT17 "
+            "(the checkpoint's training cameras) only, none elsewhere, as CLIP-ReID does without camera labels.",
             models=frozenset({"clip-reid-vit-b16"}),
         ),
         Cause(

@@ -8,7 +8,7 @@ embeddings. Endpoints::
     GET  /healthz        liveness, open without a token
     GET  /models         the models served here (and which have a text tower)
     GET  /galleries      the stored, complete (model, dataset) cells, and whether each is searchable
-    POST /embed          ?model=          body: the image's bytes       -> its embedding
+    POST /embed          ?model=&dataset=  body: the image's bytes      -> its embedding
     POST /search         ?model=&gallery=&k=   body: the image's bytes  -> top-k gallery images
     POST /search/text    {"model", "gallery", "text", "k"}             -> top-k gallery images
                          (language-aligned models: models.text.text_models())
@@ -22,12 +22,15 @@ message lists the valid names), 409 a gallery embedded by another version of the
 422 bad parameters (or text for a model with no text tower), 503 a model that cannot be loaded.
 A failed request fails alone: nothing a client sends can take a replica down.
 
+Camera ids: CLIP-ReID uses ``camid=`` only for the dataset its checkpoint was trained on
+(``/search`` with that gallery, ``/embed`` with that ``dataset=``), exactly as that dataset's
+cells were embedded; elsewhere it is ignored (``models.uses_camera_ids``).
+
 No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at run
 time, from a copy of this module's globals that Serve pickles with the class.
 """
 
 import asyncio
-import io
 import logging
 from typing import Any
 
@@ -47,9 +50,9 @@ from reidray.errors import (
     WeightsNotFoundError,
     user_error,
 )
-from reidray.models import MODELS, ModelSpec, weights_status
+from reidray.models import MODELS, ModelSpec, uses_camera_ids, weights_status
 from reidray.models.text import NoTextTowerError, has_text_tower, text_models
-from reidray.serve.embedder import TEXT_PREFIX, Embedder, ImageItem, ModelLoadError
+from reidray.serve.embedder import DATASET_SEP, TEXT_PREFIX, Embedder, ImageItem, ModelLoadError
 from reidray.serve.galleries import Galleries, GalleryMismatchError, UnknownGalleryError, list_galleries
 from reidray.serve.guard import Guard, Policy
 from reidray.serve.settings import ServeSettings, check_exposure, parse_settings, resolve_token
@@ -224,9 +227,13 @@ class Gateway:
     def _random_init(self, spec: ModelSpec) -> bool:
         return self.settings.random_init and spec.needs_weights
 
-    async def _embed_image(self, request: Request, spec: ModelSpec, camid: int | None) -> np.ndarray:
-        if spec.uses_camera and camid is None:
-            raise ParameterError(f"model {spec.name} uses the camera id (side information): pass camid=<int>")
+    async def _embed_image(self, request: Request, spec: ModelSpec, camid: int | None,
+                           dataset: str | None) -> np.ndarray:
+        """The image embedded as the cells of ``dataset`` were (camera ids only on the model's
+        training dataset: ``models.uses_camera_ids``)."""
+        use_camera = uses_camera_ids(spec, dataset)
+        if use_camera and camid is None:
+            raise ParameterError(f"model {spec.name} uses {dataset}'s camera id (side information): pass camid=<int>")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
             raise NotAnImageError(
@@ -237,8 +244,9 @@ class Gateway:
         if not body:
             raise ImageDecodeError("the request body is empty; send the bytes of an image")
         pixels = await asyncio.to_thread(decode_resize, body, spec, self.settings.max_image_pixels)
-        handle = self.embedder.options(multiplexed_model_id=spec.name)
-        return await _unwrap(handle.embed_images.remote(ImageItem(pixels, camid)))
+        model_id = f"{spec.name}{DATASET_SEP}{dataset}" if use_camera else spec.name
+        handle = self.embedder.options(multiplexed_model_id=model_id)
+        return await _unwrap(handle.embed_images.remote(ImageItem(pixels, camid if use_camera else None)))
 
     async def _search(self, spec: ModelSpec, gallery: str, vector: np.ndarray, k: int) -> SearchResponse:
         index = await self.galleries.index(spec.name, gallery)
@@ -278,9 +286,11 @@ class Gateway:
         return {"galleries": rows}
 
     @app.post("/embed", openapi_extra=IMAGE_BODY)
-    async def embed(self, request: Request, model: str = Query(...), camid: int | None = Query(None)) -> EmbedResponse:
+    async def embed(self, request: Request, model: str = Query(...), camid: int | None = Query(None),
+                    dataset: str | None = Query(None, description="embed as this dataset's cells were")
+                    ) -> EmbedResponse:
         spec = self._spec(model)
-        vector = await self._embed_image(request, spec, camid)
+        vector = await self._embed_image(request, spec, camid, dataset)
         return EmbedResponse(model=model, dim=int(vector.shape[0]), metric=spec.metric, normalized=spec.normalize,
                              random_init=self._random_init(spec), embedding=vector.tolist())
 
@@ -289,7 +299,7 @@ class Gateway:
                      k: int = Query(10, ge=1, le=MAX_K), camid: int | None = Query(None)) -> SearchResponse:
         spec = self._spec(model)
         await self.galleries.index(model, gallery)  # an unknown gallery fails before any embedding work
-        vector = await self._embed_image(request, spec, camid)
+        vector = await self._embed_image(request, spec, camid, gallery)
         return await self._search(spec, gallery, vector, k)
 
     @app.post("/search/text")

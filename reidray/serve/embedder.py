@@ -7,7 +7,7 @@ Requests are gathered into batches (``@serve.batch``; Serve splits a batch by mo
 forward pass runs off the event loop so the next batch gathers meanwhile.
 
 An image model is held as the embed stage's own ``EncoderActor`` (normalise + encoder, in the
-same precision rule: bf16 on GPUs, fp32 on CPUs, unless set), fed uint8 pixels the ingress
+same precision rule: ``auto`` is fp32, bf16/fp16 only when set), fed uint8 pixels the ingress
 resized with the stage's ``resize``: a served embedding is the stored one, computed the same way.
 """
 
@@ -23,6 +23,7 @@ from reidray.config import resolve_precision
 from reidray.errors import ReidrayError
 
 TEXT_PREFIX = "text:"
+DATASET_SEP = "@"  # "<model>@<dataset>": an image encoder that uses that dataset's camera ids
 
 
 class ModelLoadError(ReidrayError):
@@ -47,7 +48,7 @@ class Embedder:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision)
         self.random_init = random_init
         self.weights = weights
 
@@ -65,13 +66,13 @@ class Embedder:
         from reidray.embed.actor import EncoderActor
         from reidray.models.text import build_text
 
-        name = model_id.removeprefix(TEXT_PREFIX)
+        name, _, dataset = model_id.removeprefix(TEXT_PREFIX).partition(DATASET_SEP)
         try:
             if model_id.startswith(TEXT_PREFIX):
                 return build_text(name, weights=self.weights.get(name), random_init=self.random_init,
                                   device=self.device)
             return EncoderActor(name, self.weights.get(name), self.random_init, precision=self.precision,
-                                device=self.device)
+                                device=self.device, dataset=dataset or None)
         except ReidrayError:
             raise
         except Exception as exc:  # a missing family module, a broken checkpoint: say which model
@@ -89,7 +90,7 @@ class Embedder:
         torch = self.torch
         pixels = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device)
         camids = None
-        if actor.spec.uses_camera:
+        if actor.encoder.use_camera:
             camids = torch.tensor([item.camid for item in items], dtype=torch.int64, device=self.device)
         return actor.embed(pixels, camids).cpu().numpy()
 

@@ -28,7 +28,7 @@ class ServeSettings(BaseModel):
     random_init: bool = Field(default=False, description="serve random-weight encoders (tests, throughput)")
     weights: dict[str, str] = Field(default_factory=dict, description="model -> explicit weights path")
     precision: Precision = Field(
-        default="auto", description="image encoders' arithmetic; auto: the embed stage's (bf16 on GPUs, else fp32)"
+        default="auto", description="image encoders' arithmetic; auto: the embed stage's (fp32)"
     )
     max_upload_bytes: int = Field(default=10 * MB, gt=0, description="larger bodies get 413")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="larger images get 413 before decoding")

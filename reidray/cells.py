@@ -12,7 +12,7 @@ Nothing here imports torch, Ray or another reidray stage.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
@@ -49,7 +49,7 @@ class CellRecord:
     n_images: int
     dim: int
     embed_seconds: float
-    device: str
+    device: str  # what the encoders really ran on: cpu, cuda, or cpu+cuda (not what was asked of Ray)
     precision: str
     random_init: bool
     weights_id: str
@@ -61,6 +61,7 @@ class CellRecord:
     steady_images_per_second: float | None = None
     encoder_busy_fraction: float | None = None  # see embed.progress.ProgressTracker.busy_fraction
     created_at: str = ""
+    nodes: list[str] = field(default_factory=list)  # the Ray node ids the encoder actors ran on
     skipped: bool = False
 
     @property

@@ -60,6 +60,9 @@ class EmbedSettings(BaseModel):
         default=True, description="decode once for models of one input size, if the copy fits half the object store"
     )
     progress_seconds: float = Field(default=10.0, gt=0, description="how often a cell reports progress")
+    resource_wait_s: float = Field(
+        default=600.0, gt=0, description="how long a cell waits for a node with its actors' resources (autoscaling)"
+    )
 
     @field_validator("concurrency")
     @classmethod

@@ -43,7 +43,8 @@ class EncoderActor:
         if tracker is not None:
             context = ray.get_runtime_context()
             self.actor_id = context.get_actor_id()
-            tracker.register.remote(context.current_actor)
+            # where Ray really put this encoder, and what it could really use there
+            tracker.register.remote(context.current_actor, context.get_node_id(), self.device)
 
     def embed(self, pixels, camids=None):
         """uint8 [N, H, W, 3] on the device -> float32 [N, dim]: normalise, then the encoder, in

@@ -27,7 +27,8 @@ from reidray.config import EmbedSettings, resolve_precision
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
-from reidray.errors import CellError, user_error
+from reidray.connect import wait_for_resources
+from reidray.errors import CellError, ReidrayError, user_error
 from reidray.models import get, uses_camera_ids
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, fingerprint, manifest_hash
@@ -144,6 +145,13 @@ def embed_cell(
     if stored is not None:
         return stored
 
+    try:
+        wait_for_resources({"GPU": res.num_gpus}, what=f"cell {model}/{dataset}: each encoder actor",
+                           timeout_s=settings.resource_wait_s, say=say,
+                           fix="set embed.num_gpus: 0 in the job file to embed on CPUs, or give the cluster a GPU "
+                               "worker group")
+    except ReidrayError as exc:
+        raise CellError(str(exc)) from None
     cell_dir = store.cell_dir(model, dataset)
     store.clear_dir(cell_dir)  # drops any half-written attempt, marker included
     label = f"embed {model}/{dataset}"
@@ -171,7 +179,8 @@ def embed_cell(
     try:
         watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive(), say, settings.progress_seconds)
         writer.join()
-        steady, busy = ray.get([tracker.steady_rate.remote(), tracker.busy_fraction.remote()])
+        steady, busy, (nodes, device) = ray.get(
+            [tracker.steady_rate.remote(), tracker.busy_fraction.remote(), tracker.where.remote()])
     finally:
         ray.kill(tracker)
     if failure:  # Ray wraps the worker's exception; surface ours with the cell named
@@ -183,10 +192,10 @@ def embed_cell(
     _verify(written, manifest, model, dataset)
     cell = CellRecord(
         model=model, dataset=dataset, fingerprint=fp, n_images=written.num_rows,
-        dim=written.schema.field(EMBEDDING).type.list_size, embed_seconds=seconds, device=res.device,
+        dim=written.schema.field(EMBEDDING).type.list_size, embed_seconds=seconds, device=device or res.device,
         precision=res.precision, random_init=random_init, weights_id=spec.weights_id, paradigm=spec.paradigm,
         params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize, steady_images_per_second=steady,
-        encoder_busy_fraction=busy, created_at=datetime.now(timezone.utc).isoformat(),
+        encoder_busy_fraction=busy, created_at=datetime.now(timezone.utc).isoformat(), nodes=nodes,
     )
     store.write_json(f"{cell_dir}/cell.json", cell.to_marker())
     return cell

@@ -28,6 +28,7 @@ class ProgressTracker:
     def __init__(self) -> None:
         self.done = 0
         self.actors: list = []
+        self.placements: set[tuple[str, str]] = set()  # (node id, torch device) of each encoder actor
         self.work: dict[str, list[tuple[float, float, int]]] = {}  # actor id -> (start, end, images) per batch
 
     def add(self, n: int, started: float, finished: float, actor_id: str) -> None:
@@ -58,8 +59,14 @@ class ProgressTracker:
             span += covered_to - first
         return busy / span if span > 0 else None
 
-    def register(self, actor) -> None:
+    def register(self, actor, node_id: str, device: str) -> None:
         self.actors.append(actor)
+        self.placements.add((node_id, device))
+
+    def where(self) -> tuple[list[str], str]:
+        """The nodes the encoder actors ran on, and their device(s) ("cpu", "cuda", or "cpu+cuda")."""
+        nodes = sorted({node for node, _ in self.placements})
+        return nodes, "+".join(sorted({device.split(":")[0] for _, device in self.placements}))
 
     def count(self) -> int:
         return self.done

@@ -38,6 +38,7 @@ def ray_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.setdefault("RAY_raylet_start_wait_time_s", "120")  # a busy 2-core machine registers nodes slowly
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `python` is this one
     return env
 

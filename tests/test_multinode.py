@@ -84,3 +84,4 @@ def test_a_gpu_no_node_has_fails_the_cell_in_one_line_within_the_bound(cluster, 
     assert "does not have any available" not in done.stdout + done.stderr  # Ray's endless warning never came
     assert not (out / "embeddings" / "handcrafted" / "reidray-synth" / "cell.json").exists()
     assert elapsed < 90, elapsed
+

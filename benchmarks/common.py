@@ -33,7 +33,7 @@ def device_name() -> str:
 
 def synthetic_manifest(root: str | Path, images: int) -> pa.Table:
     """The first ``images`` rows of a synthetic dataset (all splits) large enough to hold them."""
-    generate(root, n_ids=max(3, images // 8))  # about 16 images per identity, all splits
+    generate(root, n_ids=max(3, images // 8))  # 11-16 images per test identity, all splits
     manifest = load(SYNTH, root)
     return manifest.slice(0, min(images, manifest.num_rows))
 

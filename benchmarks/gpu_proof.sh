@@ -21,12 +21,11 @@ if [ -f "$PACK" ]; then
         echo "warning: $PACK holds CPython 3.12 packages and $PY is $("$PY" -V 2>&1): not used" >&2
     elif mkdir -p "$SITE" && tar -xJf "$PACK" -C "$SITE"; then
         echo "carried packages: $(cat "$SITE/GPU_PROOF_PACKAGES")"
-        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
     else
         echo "warning: $PACK did not unpack; running with the packages installed here" >&2
     fi
-elif ! "$PY" -c 'import ray' 2>/dev/null && command -v pip >/dev/null && pip download --help >/dev/null 2>&1 \
-        && timeout 20 "$PY" -m pip index versions ray >/dev/null 2>&1; then
+elif ! "$PY" -c 'import ray' 2>/dev/null && timeout 20 "$PY" -m pip index versions ray >/dev/null 2>&1; then
     # A machine that reaches PyPI: install what reidray's proof needs the ordinary way.
     "$PY" -m pip install -q "ray[data,serve]==2.60.0" open_clip_torch torchreid==0.2.5 gdown faiss-cpu pydantic \
         || echo "warning: pip install failed; parts that need a missing package will be skipped" >&2

@@ -57,9 +57,12 @@ done
 "$PY" -m pip download -q --no-deps --no-binary :all: -d "$WORK/sdist" torchreid==0.2.5
 tar -xzf "$WORK"/sdist/torchreid-0.2.5.tar.gz -C "$WORK/sdist"
 cp -r "$WORK/sdist/torchreid-0.2.5/torchreid" "$WORK/site/"
+mkdir "$WORK/site/torchreid-0.2.5.dist-info"  # so importlib.metadata (the proof's version table) finds it
+cp "$WORK/sdist/torchreid-0.2.5/PKG-INFO" "$WORK/site/torchreid-0.2.5.dist-info/METADATA"
 
-# Parts of Ray the proof never loads (Java workers, the dashboard's web page, RLlib), and tests.
-rm -rf "$WORK"/site/ray/jars "$WORK"/site/ray/dashboard/client/build "$WORK"/site/ray/rllib
+# Parts of Ray the proof never loads (Java workers, the dashboard's web page, RLlib), tests, and
+# console scripts (their first line names this machine's Python).
+rm -rf "$WORK"/site/ray/jars "$WORK"/site/ray/dashboard/client/build "$WORK"/site/ray/rllib "$WORK"/site/bin
 find "$WORK/site" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
 ls "$WORK/site" | grep -E 'dist-info$' | sed 's/-[0-9].*//' | tr '\n' ' ' > "$WORK/site/GPU_PROOF_PACKAGES"
 XZ_OPT=-9 tar -cJf "$PACK" -C "$WORK/site" .

@@ -15,7 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_proof  # noqa: E402
 
-EXPECTED_PARTS = ("environment", "forward", "pipeline", "precision", "score", "rerank", "serve")
+EXPECTED_PARTS = ("environment", "score", "rerank", "forward", "pipeline", "serve", "precision")
 
 
 def _read(out: Path) -> dict:

@@ -121,11 +121,11 @@ class Proof:
             return None
         return f"time budget of {self.budget_s:.0f} s spent ({self.elapsed():.0f} s elapsed) before this started"
 
-    def run(self, name: str, part: Callable[[Callable[[str, Any], None]], dict | None]) -> None:
+    def run(self, name: str, part: Callable[[Callable[[str, Any], None]], dict | None], budgeted: bool = True) -> None:
         """Run one part; ``part(record)`` may save figures as it goes with ``record(key, value)``."""
         entry: dict[str, Any] = {"status": "running", "figures": {}}
         self.data["parts"][name] = entry
-        reason = self.over_budget()
+        reason = self.over_budget() if budgeted else None
         if reason:
             return self._end(entry, 0.0, reason)
         print(f"[{self.elapsed():6.1f} s] {name} ...", flush=True)
@@ -482,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-proof-") as work:
         run = Run(proof, sizes, Path(work))
         try:
-            for name in PARTS:
-                proof.run(name, environment if name == "environment" else getattr(run, name))
+            proof.run("environment", environment, budgeted=False)  # instant, and every run needs it
+            for name in PARTS[1:]:
+                proof.run(name, getattr(run, name))
         finally:
             if "ray" in sys.modules and sys.modules["ray"].is_initialized():
                 sys.modules["ray"].shutdown()

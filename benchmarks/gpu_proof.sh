@@ -12,6 +12,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-proof-out}
 mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_proof.log") 2>&1  # everything below is also in the log that comes back
 PY=${PYTHON:-python3}
 PACK=.gpuproof/site-py312.tar.xz
 SITE=/tmp/gpu-proof-site
@@ -34,10 +35,11 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # No model hub is needed (random weights) and none may be reachable: never wait on one.
 export HF_HUB_OFFLINE=1 REIDRAY_DOWNLOAD=0 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu_proof.log"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
+    --format=csv
 # 9 minutes at most: the device tool stops a command at 10; the proof's own budget is 8.
-set -o pipefail
-timeout 540 "$PY" benchmarks/gpu_proof.py --out "$OUT" "$@" 2>&1 | tee -a "$OUT/gpu_proof.log"
+timeout 540 "$PY" benchmarks/gpu_proof.py --out "$OUT" "$@"
 status=$?
-[ -f "$OUT/gpu_proof.md" ] && echo && cat "$OUT/gpu_proof.md"
+# A run stopped by the timeout printed no table: show what it saved.
+[ $status -ne 0 ] && [ -f "$OUT/gpu_proof.md" ] && echo && cat "$OUT/gpu_proof.md"
 exit $status

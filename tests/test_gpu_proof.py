@@ -96,7 +96,7 @@ def test_smoke_run_names_every_part_with_figures_or_a_reason(tmp_path):
         if name == "rerank" and not has_rerank:
             assert part["status"] == "skipped" and "rerank" in part["reason"]
             continue
-        assert part["status"] == "done", (name, part)
+        assert part["status"] == "done", (name, part, done.stdout[-4000:])
         assert part["figures"], name
     env = parts["environment"]["figures"]
     assert env["torch"] and env["versions"]["ray"] != "not installed"

@@ -85,6 +85,17 @@ async def run_level(url: str, headers: dict, route: str, params: dict, images: l
     return np.array(latencies)
 
 
+def measure_level(url: str, headers: dict, route: str, params: dict, images: list[bytes], clients: int,
+                  requests: int) -> dict:
+    """One table row: p50/p99 latency (ms) and requests/s of ``requests`` requests from ``clients`` clients."""
+    start = time.perf_counter()
+    lat = asyncio.run(run_level(url, headers, route, params, images, clients, requests))
+    wall = time.perf_counter() - start
+    return {"endpoint": route, "clients": clients, "requests": len(lat),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "requests_per_s": len(lat) / wall}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running service; default: start one locally")
@@ -118,12 +129,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     for route, params in endpoints.items():
         for clients in (int(c) for c in args.levels.split(",")):
-            start = time.perf_counter()
-            lat = asyncio.run(run_level(url, headers, route, params, images, clients, args.requests))
-            wall = time.perf_counter() - start
-            rows.append({"endpoint": route, "clients": clients, "requests": len(lat),
-                         "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                         "requests_per_s": len(lat) / wall})
+            rows.append(measure_level(url, headers, route, params, images, clients, args.requests))
     print(f"model {args.model}, gallery {args.gallery}, {len(images)} query images; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")

@@ -48,7 +48,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from common import device_name, forward_only, sample_pixels, synthetic_manifest
 
@@ -295,15 +294,14 @@ class Run:
 
     def precision(self, record: Callable) -> None:
         self.ray()
-        from bench_precision import agreement, query_gallery_manifest
+        from bench_precision import TOLERANCE, agreement, query_gallery_manifest
 
         work = str(self.work / "precision")
         manifest = query_gallery_manifest(work, self.sizes.precision_ids)
-        tolerance = 0.5
 
         def measure(model: str) -> dict:
-            (row,) = agreement(work, model, manifest, ["bf16"], random_init=True, tolerance=tolerance)
-            return {"images": manifest.num_rows, "tolerance_points": tolerance,
+            (row,) = agreement(work, model, manifest, ["bf16"], random_init=True, tolerance=TOLERANCE)
+            return {"images": manifest.num_rows, "tolerance_points": TOLERANCE,
                     **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "model"}}
 
         not_run(self.sizes, record)
@@ -366,16 +364,10 @@ class Run:
             images = [p.read_bytes() for p in queries]
             params = {"model": model, "gallery": bench_serve.DATASET, "k": 10}
             asyncio.run(bench_serve.run_level(url, {}, "/search", params, images, 4, 8))  # load model and index
-            levels = []
-            for clients in self.sizes.serve_levels:
-                start = time.perf_counter()
-                lat = asyncio.run(bench_serve.run_level(url, {}, "/search", params, images, clients,
-                                                        self.sizes.serve_requests))
-                wall = time.perf_counter() - start
-                levels.append({"clients": clients, "requests": len(lat),
-                               "p50_ms": round(float(np.percentile(lat, 50) * 1e3), 2),
-                               "p99_ms": round(float(np.percentile(lat, 99) * 1e3), 2),
-                               "requests_per_s": round(len(lat) / wall, 1)})
+            levels = [{k: round(v, 2) if isinstance(v, float) else v
+                       for k, v in bench_serve.measure_level(url, {}, "/search", params, images, clients,
+                                                             self.sizes.serve_requests).items() if k != "endpoint"}
+                      for clients in self.sizes.serve_levels]
         finally:
             serve.shutdown()
         return {"endpoint": "POST /search (k=10)", "model": model, "encoder_device": self.device,
@@ -438,8 +430,9 @@ def markdown(data: dict) -> str:
             if "skipped" in r:
                 lines.append(f"| {model} | skipped: {r['skipped']} ||||||||")
                 continue
-            lines.append(f"| {model} | {r['images']} | {r['mAP_fp32']:.2f} | {r['dmAP']:+.2f} | {r['rank1_fp32']:.2f} "
-                         f"| {r['drank1']:+.2f} | {r['top10_overlap']:.3f} | {r['min_cos']:.4f} | {cell(r['within'])} |")
+            lines.append(f"| {model} | {r['images']} | {r['mAP_fp32']:.2f} | {r['dmAP']:+.2f} "
+                         f"| {r['rank1_fp32']:.2f} | {r['drank1']:+.2f} | {r['top10_overlap']:.3f} "
+                         f"| {r['min_cos']:.4f} | {cell(r['within'])} |")
     scores = [(name, models(name)) for name in ("score", "rerank") if models(name)]
     if scores:
         lines += ["", "## Scoring", "", "| scoring | queries x gallery | device | first call s | s | target s | met "

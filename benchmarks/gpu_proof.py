@@ -95,7 +95,7 @@ def reason_for(exc: Exception) -> str:
     """Why a part or model was skipped, in one line (the traceback goes to the log)."""
     if isinstance(exc, Unavailable):
         return str(exc)
-    if isinstance(exc, ModuleNotFoundError) and not (exc.name or "").startswith("reidray"):
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] != "reidray":  # reidray's own: a bug
         return f"needs the Python package {exc.name!r}, which is not installed here"
     traceback.print_exc()
     first = str(exc).splitlines()[0] if str(exc) else ""
@@ -399,7 +399,7 @@ def markdown(data: dict) -> str:
     parts, env = data["parts"], data["parts"].get("environment", {}).get("figures", {})
     lines = [f"# GPU proof ({'smoke, CPU' if data.get('smoke') else 'full'})", "",
              f"{data.get('started', '')}; {env.get('device', '-')}; driver {cell(env.get('driver'))}; "
-             f"CUDA {cell(env.get('cuda'))}; torch {cell(env.get('torch'))}; "
+             f"torch {cell(env.get('torch'))} (built for CUDA {cell(env.get('cuda'))}); "
              f"Ray {cell(env.get('versions', {}).get('ray'))}; budget {data['budget_s']:.0f} s, "
              f"{data.get('elapsed_s', 0):.0f} s elapsed. Random-initialised weights: speeds only.", "",
              "| part | status | seconds | reason |", "|---|---|---:|---|"]
@@ -416,12 +416,14 @@ def markdown(data: dict) -> str:
                   "| encoder busy |", "|---|---:|---:|---:|---:|---|---:|---:|---|---:|"]
         for model in MODELS:
             f, p = fwd.get(model, {}), pipe.get(model, {})
-            note = f.get("skipped") or p.get("skipped") or ""
+            if not (f.get("batch") or p.get("batch")):
+                reason = f.get("skipped") or p.get("skipped") or "not run"
+                lines.append(f"| {model} | skipped: {reason} |||||||||")
+                continue
             lines.append(f"| {model} | {cell(f.get('batch', p.get('batch')))} | {cell(f.get('bf16_images_per_s'))} "
                          f"| {cell(f.get('fp32_images_per_s'))} | {cell(p.get('images_per_s'))} "
                          f"| {cell(p.get('precision'))} | {cell(p.get('ratio'), '.2f')} | {cell(p.get('target'))} "
-                         f"| {cell(p.get('met'))} | {cell(p.get('encoder_busy'), '.2f')} |"
-                         + (f" {note}" if note and not (f.get("batch") or p.get("batch")) else ""))
+                         f"| {cell(p.get('met'))} | {cell(p.get('encoder_busy'), '.2f')} |")
     if prec:
         lines += ["", "## bf16 against fp32 (points)", "",
                   "| model | images | mAP fp32 | dmAP | R1 fp32 | dR1 | top-10 overlap | min cos | within |",

@@ -34,12 +34,16 @@ def test_failing_part_missing_package_and_budget_are_skipped_with_reasons_and_sa
     def needs_a_package(record):
         import reidray_no_such_package  # noqa: F401
 
+    def lost_own_module(record):
+        raise ModuleNotFoundError("No module named 'reidray.gone'", name="reidray.gone")
+
     def breaks_half_way(record):
         record("before", 3)
         raise RuntimeError("boom\nsecond line")
 
     proof.run("works", works)
     proof.run("needs", needs_a_package)
+    proof.run("own", lost_own_module)  # a bug in reidray, not a missing package
     proof.run("breaks", breaks_half_way)
     proof.budget_s = 0
     proof.run("late", works)
@@ -49,6 +53,7 @@ def test_failing_part_missing_package_and_budget_are_skipped_with_reasons_and_sa
     assert parts["works"]["status"] == "done" and parts["works"]["figures"] == {"first": 1, "second": 2}
     assert parts["needs"]["status"] == "skipped"
     assert "'reidray_no_such_package'" in parts["needs"]["reason"] and "not installed" in parts["needs"]["reason"]
+    assert parts["own"]["reason"] == "failed: ModuleNotFoundError: No module named 'reidray.gone'"
     assert parts["breaks"] == {**parts["breaks"], "status": "partial", "figures": {"before": 3},
                                "reason": "failed: RuntimeError: boom"}
     assert parts["late"]["status"] == "skipped" and "time budget" in parts["late"]["reason"]

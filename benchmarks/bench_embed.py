@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 import ray
-import torch
+from common import SYNTH, device_name, forward_only, sample_pixels, synthetic_manifest
 
 from reidray.config import EmbedSettings
-from reidray.datasets import load
-from reidray.datasets.synth import generate
-from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.pipeline import embed_cell, resources
 from reidray.models import get
@@ -40,36 +36,14 @@ from reidray.store import Store
 DEFAULT_MODELS = "handcrafted,osnet-x1.0,clip-vit-b16,dinov2-b14"
 
 
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, no GPU"
-
-
-def forward_only(model: str, manifest, settings: EmbedSettings, random_init: bool, seconds: float) -> float:
-    """Images/s of the actor's ``embed`` on real decoded images replicated into full batches."""
-    res = resources(settings)
-    actor = EncoderActor(model, None, random_init, precision=res.precision, device="cuda" if res.num_gpus else "cpu")
-    batch_size = settings.batch_size or get(model).batch_size
-    rows = manifest.slice(0, min(batch_size, manifest.num_rows)).to_pydict()
-    pixels = decode_resize({k: np.asarray(v) for k, v in rows.items()}, model)["pixels"]
-    reps = -(-batch_size // len(pixels))
-    batch = torch.from_numpy(np.concatenate([pixels] * reps)[:batch_size]).to(actor.device)
-    camids = torch.zeros(batch_size, dtype=torch.int64, device=actor.device) if actor.spec.uses_camera else None
-
-    def step() -> None:
-        actor.embed(batch, camids)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    step()  # warm-up: kernels, allocator
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or done < 2 * batch_size:
-        step()
-        done += batch_size
-    return done / (time.perf_counter() - start)
+def pipeline_run(root: str, model: str, manifest, settings: EmbedSettings, random_init: bool) -> dict:
+    """One cell through the real pipeline (files -> Ray Data decode -> encoder actors -> Parquet):
+    its steady images/s (after the first batch) and the encoder actors' busy fraction."""
+    store = Store.open(os.path.join(root, model))
+    cell = embed_cell(store, model, SYNTH, manifest, random_init=random_init, settings=settings, say=lambda _: None)
+    marker = store.cell_marker(model, SYNTH)
+    return {"images": cell.n_images, "images_per_s": marker.get("steady_images_per_second") or cell.images_per_second,
+            "encoder_busy": marker.get("encoder_busy_fraction")}
 
 
 def decode_per_core(model: str, manifest, images: int = 256) -> float:
@@ -95,25 +69,20 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     settings = EmbedSettings(batch_size=args.batch_size, precision=args.precision, progress_seconds=3600)
     work = tempfile.mkdtemp(prefix="bench-embed-")
-    n_ids = max(100, args.images // 8)
-    generate(work, n_ids=n_ids)
-    manifest = load("reidray-synth", work)
-    manifest = manifest.slice(0, min(args.images, manifest.num_rows))
+    manifest = synthetic_manifest(work, args.images)
     res = resources(settings)
     print(f"device: {device_name()}; precision {res.precision}; {manifest.num_rows} images per model")
     print("| model | batch | forward-only img/s | pipeline img/s (steady) | ratio | decode/core img/s | cores to feed "
           "| encoder busy |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        store = Store.open(os.path.join(work, "out", model))
-        cell = embed_cell(store, model, "reidray-synth", manifest, random_init=args.random_init,
-                          settings=settings, say=lambda _: None)
-        marker = store.cell_marker(model, "reidray-synth")
-        pipeline = marker.get("steady_images_per_second") or cell.images_per_second
-        ceiling = forward_only(model, manifest, settings, args.random_init, args.forward_seconds)
-        decode = decode_per_core(model, manifest)
+        run = pipeline_run(os.path.join(work, "out"), model, manifest, settings, args.random_init)
         batch = args.batch_size or get(model).batch_size
-        busy = marker.get("encoder_busy_fraction")
+        ceiling = forward_only(model, sample_pixels(manifest, model, batch), batch_size=batch,
+                               precision=res.precision, device=res.device, random_init=args.random_init,
+                               seconds=args.forward_seconds)
+        decode = decode_per_core(model, manifest)
+        pipeline, busy = run["images_per_s"], run["encoder_busy"]
         print(f"| {model} | {batch} | {ceiling:.1f} | {pipeline:.1f} | {pipeline / ceiling:.2f} | {decode:.0f} | "
               f"{ceiling / decode:.2f} | {'-' if busy is None else f'{busy:.2f}'} |", flush=True)
 

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from bench_embed import device_name
+from common import device_name
 
 from reidray.config import SYNTHETIC, EmbedSettings
 from reidray.datasets import get as get_dataset
@@ -41,6 +41,7 @@ from reidray.store import Store
 
 DATASET = SYNTHETIC
 DEFAULT_MODELS = "handcrafted,osnet-x1.0,clip-vit-b16,dinov2-b14"
+TOLERANCE = 0.5  # points of mAP and rank-1 (docs/benchmarks.md, "Mixed precision")
 
 
 def embed_and_score(work: str, model: str, manifest: pa.Table, precision: str,
@@ -81,34 +82,49 @@ def compare(base: pa.Table, low: pa.Table, metric: str) -> tuple[float, float]:
     return overlap, float(cos.min())
 
 
+def query_gallery_manifest(work: str, ids: int) -> pa.Table:
+    """The query and gallery rows of a synthetic dataset with ``ids`` test identities (no train split)."""
+    generate(work, n_ids=ids, n_train_ids=0)
+    manifest = load(DATASET, work)
+    return manifest.filter(pc.is_in(manifest.column("split"), value_set=pa.array(["query", "gallery"])))
+
+
+def agreement(work: str, model: str, manifest: pa.Table, precisions: list[str], random_init: bool,
+              tolerance: float) -> list[dict]:
+    """One row per lower precision: how far it moves ``model``'s ranking away from fp32's."""
+    metric = get(model).metric
+    base_row, base = embed_and_score(work, model, manifest, "fp32", random_init)
+    rows = []
+    for precision in precisions:
+        row, low = embed_and_score(work, model, manifest, precision, random_init)
+        d_map, d_r1 = 100 * (row["mAP"] - base_row["mAP"]), 100 * (row["rank1"] - base_row["rank1"])
+        overlap, min_cos = compare(base, low, metric)
+        rows.append({"model": model, "precision": precision, "mAP_fp32": 100 * base_row["mAP"], "dmAP": d_map,
+                     "rank1_fp32": 100 * base_row["rank1"], "drank1": d_r1, "top10_overlap": overlap,
+                     "min_cos": min_cos, "within": max(abs(d_map), abs(d_r1)) <= tolerance})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--precisions", default="bf16", help="compared with fp32, comma-separated")
     parser.add_argument("--ids", type=int, default=20, help="synthetic test identities (about 10 images each)")
     parser.add_argument("--random-init", action="store_true", help="random weights (no download needed)")
-    parser.add_argument("--tolerance", type=float, default=0.5, help="largest |dmAP| and |dR1|, in points")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest |dmAP| and |dR1|, in points")
     args = parser.parse_args()
 
     ray.init(include_dashboard=False, log_to_driver=False)
     work = tempfile.mkdtemp(prefix="bench-precision-")
-    generate(work, n_ids=args.ids, n_train_ids=0)
-    manifest = load(DATASET, work)
-    manifest = manifest.filter(pc.is_in(manifest.column("split"), value_set=pa.array(["query", "gallery"])))
+    manifest = query_gallery_manifest(work, args.ids)
     print(f"device: {device_name()}; {manifest.num_rows} images; tolerance {args.tolerance} points")
     print("| model | precision | mAP fp32 | dmAP | R1 fp32 | dR1 | top-10 overlap | min cos | within |")
     print("|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        metric = get(model).metric
-        base_row, base = embed_and_score(work, model, manifest, "fp32", args.random_init)
-        for precision in args.precisions.split(","):
-            row, low = embed_and_score(work, model, manifest, precision, args.random_init)
-            d_map = 100 * (row["mAP"] - base_row["mAP"])
-            d_r1 = 100 * (row["rank1"] - base_row["rank1"])
-            overlap, min_cos = compare(base, low, metric)
-            ok = "yes" if max(abs(d_map), abs(d_r1)) <= args.tolerance else "NO"
-            print(f"| {model} | {precision} | {100 * base_row['mAP']:.2f} | {d_map:+.2f} | "
-                  f"{100 * base_row['rank1']:.2f} | {d_r1:+.2f} | {overlap:.3f} | {min_cos:.4f} | {ok} |", flush=True)
+        for r in agreement(work, model, manifest, args.precisions.split(","), args.random_init, args.tolerance):
+            print(f"| {model} | {r['precision']} | {r['mAP_fp32']:.2f} | {r['dmAP']:+.2f} | {r['rank1_fp32']:.2f} | "
+                  f"{r['drank1']:+.2f} | {r['top10_overlap']:.3f} | {r['min_cos']:.4f} | "
+                  f"{'yes' if r['within'] else 'NO'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ SIZES = {  # queries, gallery, identities, cameras, distractor images (pid 0), t
     "market": (3368, 15913, 750, 6, 2793, None),
     "duke": (2228, 17661, 1110, 8, 0, None),
     "msmt": (11659, 82161, 3060, 15, 0, 500),
+    "tiny": (300, 2000, 100, 6, 100, None),  # a quick check (gpu_proof --smoke)
 }
-NAMES = {"market": "Market-1501", "duke": "DukeMTMC-reID", "msmt": "MSMT17"}
+NAMES = {"market": "Market-1501", "duke": "DukeMTMC-reID", "msmt": "MSMT17", "tiny": "tiny"}
 DIM = 768
 
 
@@ -161,7 +162,7 @@ def run_worker(kind: str, size: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["market", "duke", "msmt"])
     ap.add_argument("--features", choices=["clusters", "random"], default="clusters")
     ap.add_argument("--noise", type=float, default=2.5, help="noise scale around identity centres (unit variance)")
     ap.add_argument("--torchreid-queries", type=int, default=0, help="time torchreid on this many queries and scale")

@@ -36,8 +36,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local(out: str, n_ids: int, model: str) -> tuple[str, list[Path]]:
-    """Ray, the synthetic data, the model's cell and the Serve app; returns the URL and the query images."""
+def start_local(out: str, n_ids: int, model: str, random_init: bool = False) -> tuple[str, list[Path]]:
+    """Ray (unless already up), the synthetic data, the model's cell and the Serve app; returns the
+    URL and the query images."""
     import ray
     from ray import serve
 
@@ -48,16 +49,17 @@ def start_local(out: str, n_ids: int, model: str) -> tuple[str, list[Path]]:
     from reidray.store import Store
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
     root = Path(out) / "data"
     generate(root, n_ids=n_ids)
     manifest = datasets.load(DATASET, root)
     store = Store.open(out)
     store.write_table(store.manifest_path(DATASET), manifest)
-    embed_cell(store, model, DATASET, manifest, say=lambda _: None)
+    embed_cell(store, model, DATASET, manifest, random_init=random_init, say=lambda _: None)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"out": store.base}), name=APP_NAME, route_prefix="/")
+    serve.run(build_app({"out": store.base, "random_init": random_init}), name=APP_NAME, route_prefix="/")
     queries = [Path(p) for p, s in zip(manifest.column("path").to_pylist(), manifest.column("split").to_pylist())
                if s == "query"]
     return f"http://127.0.0.1:{port}", queries
@@ -81,6 +83,17 @@ async def run_level(url: str, headers: dict, route: str, params: dict, images: l
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     return np.array(latencies)
+
+
+def measure_level(url: str, headers: dict, route: str, params: dict, images: list[bytes], clients: int,
+                  requests: int) -> dict:
+    """One table row: p50/p99 latency (ms) and requests/s of ``requests`` requests from ``clients`` clients."""
+    start = time.perf_counter()
+    lat = asyncio.run(run_level(url, headers, route, params, images, clients, requests))
+    wall = time.perf_counter() - start
+    return {"endpoint": route, "clients": clients, "requests": len(lat),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "requests_per_s": len(lat) / wall}
 
 
 def main() -> None:
@@ -116,12 +129,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     for route, params in endpoints.items():
         for clients in (int(c) for c in args.levels.split(",")):
-            start = time.perf_counter()
-            lat = asyncio.run(run_level(url, headers, route, params, images, clients, args.requests))
-            wall = time.perf_counter() - start
-            rows.append({"endpoint": route, "clients": clients, "requests": len(lat),
-                         "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                         "requests_per_s": len(lat) / wall})
+            rows.append(measure_level(url, headers, route, params, images, clients, args.requests))
     print(f"model {args.model}, gallery {args.gallery}, {len(images)} query images; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")

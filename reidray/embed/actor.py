@@ -23,7 +23,6 @@ class EncoderActor:
 
     def __init__(self, model: str, weights: str | None, random_init: bool, precision: str = "fp32",
                  device: str | None = None, tracker=None, dataset: str | None = None) -> None:
-        import ray
         import torch
 
         from reidray.models import build
@@ -41,6 +40,8 @@ class EncoderActor:
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.tracker = tracker
         if tracker is not None:
+            import ray  # only here: the forward-only benchmark builds an actor on machines without Ray
+
             context = ray.get_runtime_context()
             self.actor_id = context.get_actor_id()
             # where Ray really put this encoder, and what it could really use there

@@ -19,6 +19,7 @@ from reidray.config import JobConfig
 from reidray.embed.pipeline import decoded_images, embed_cell, fingerprint_for, stored_cell
 from reidray.embed.progress import finished_line
 from reidray.errors import ReidrayError, user_error
+from reidray.lease import CellBusyError
 from reidray.models import get
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, manifest_hash
@@ -57,6 +58,27 @@ def embed_dataset(store: Store, dataset: str, manifest: pa.Table, models: list[s
         say(f"FAILED {line}")
 
     digest = manifest_hash(manifest)  # once per dataset, not per model
+    busy: list[str] = []
+
+    def embed(model: str, decoded: ray.data.Dataset | None, wait: bool) -> None:
+        try:
+            cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
+                              random_init=job.random_init, settings=job.embed_for(model), say=say,
+                              decoded=decoded, manifest_digest=digest, redo=redo, wait=wait)
+        except CellBusyError as exc:
+            say(f"{exc}; coming back to it after the other cells")
+            busy.append(model)
+            return
+        except ReidrayError as exc:
+            fail(str(exc))
+            return
+        ready(cell)
+
+    def ready(cell: CellRecord) -> None:
+        say(finished_line(cell) if not cell.skipped else
+            f"embed {cell.name}: complete already ({cell.n_images:,} images, verified), skipped")
+        on_cell(cell)
+
     for group in decode_groups(models):
         todo = []
         for model in group:
@@ -73,8 +95,7 @@ def embed_dataset(store: Store, dataset: str, manifest: pa.Table, models: list[s
             if stored is None:
                 todo.append(model)
             else:
-                say(f"embed {model}/{dataset}: complete already ({stored.n_images:,} images, verified), skipped")
-                on_cell(stored)
+                ready(stored)
         decoded = None
         share = job.embed.share_decode and len(todo) > 1
         too_big = share and shared_decode_blocker(manifest, todo[0])
@@ -90,14 +111,7 @@ def embed_dataset(store: Store, dataset: str, manifest: pa.Table, models: list[s
                     fail(f"cell {model}/{dataset}: {user_error(exc) or exc}")
                 continue
         for model in todo:
-            try:
-                cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
-                                  random_init=job.random_init, settings=job.embed_for(model), say=say,
-                                  decoded=decoded, manifest_digest=digest, redo=redo)
-            except ReidrayError as exc:
-                fail(str(exc))
-                continue
-            say(finished_line(cell) if not cell.skipped else
-                f"embed {model}/{dataset}: complete already ({cell.n_images:,} images, verified), skipped")
-            on_cell(cell)
+            embed(model, decoded, wait=False)
+    for model in busy:  # held by another run: by now done, or ours to finish
+        embed(model, None, wait=True)
     return failures

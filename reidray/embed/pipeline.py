@@ -31,6 +31,7 @@ from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
 from reidray.errors import CellError, user_error
+from reidray.lease import cell_lease
 from reidray.models import get
 from reidray.models.preprocess import resize_key
 from reidray.store import CellFaultError, Store, fingerprint, manifest_hash, seal_parts, verify_cell
@@ -131,14 +132,25 @@ def embed_cell(
     decoded: ray.data.Dataset | None = None,
     manifest_digest: str | None = None,
     redo: bool = False,
+    wait: bool = True,
 ) -> CellRecord:
     """Embed one dataset with one model, or skip it when its complete cell is already stored.
 
     ``decoded`` is the output of :func:`decoded_images` when several models share it;
     ``manifest_digest`` is ``reidray.store.manifest_hash(manifest)`` when the caller has it already;
-    ``redo`` clears the stored cell, whatever it holds, and recomputes it.
+    ``redo`` clears the stored cell, whatever it holds, and recomputes it. The cell's lease is held
+    throughout: when another run holds it, ``wait`` for it, or raise ``lease.CellBusyError``.
     """
-    settings = settings or EmbedSettings()
+    with cell_lease(store, model, dataset, wait=wait, say=say):
+        return _embed_held(store, model, dataset, manifest, weights=weights, random_init=random_init,
+                           settings=settings or EmbedSettings(), say=say, decoded=decoded,
+                           manifest_digest=manifest_digest, redo=redo)
+
+
+def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, weights: str | None,
+                random_init: bool, settings: EmbedSettings, say: Callable[[str], None],
+                decoded: ray.data.Dataset | None, manifest_digest: str | None, redo: bool) -> CellRecord:
+    """``embed_cell`` once its lease is held."""
     spec = get(model)
     res = resources(settings)
     fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision)

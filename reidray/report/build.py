@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from reidray.errors import ReidrayError
 from reidray.report.figures import FigureOut, all_figures
 from reidray.report.frame import METRICS, dataset_order, headline, labels, load_results, short
 from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table

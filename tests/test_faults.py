@@ -239,6 +239,30 @@ def test_an_unreadable_marker_stops_its_cell_until_redo(clean, run, kind):
     assert numbers(out).equals(clean[2])
 
 
+def test_results_of_an_embedding_since_replaced_are_left_out(run):
+    data, out = run
+    marker = cell_dir(out, "random") / "cell.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "fingerprint": "0123456789abcdef"}))
+    report = cli(data, out, "report")
+    assert report.exit_code == 0, report.output
+    assert f"cell random/{DATASET} was embedded again since these rows were scored" in report.output
+    assert "| random |" not in report.output and "| handcrafted |" in report.output
+
+
+def test_serve_lists_a_damaged_gallery_as_not_searchable_with_the_fault(run):
+    from reidray.serve.galleries import Galleries, list_galleries
+
+    _, out = run
+    _delete(out)
+    (cell_dir(out, "random") / "cell.json").write_text("{")
+    store = Store.open(str(out))
+    galleries = Galleries(store, max_kept=2, random_init=False)
+    problems = {row["model"]: galleries.problem(row["model"], row["dataset"], marker)
+                for row, marker in list_galleries(store)}
+    assert "is missing (cell.json lists" in problems["handcrafted"] and "--redo" in problems["handcrafted"]
+    assert "cell.json exists but cannot be read" in problems["random"]
+
+
 def test_read_json_tells_missing_from_unreadable(tmp_path):
     store = Store.open(str(tmp_path))
     assert store.read_json(store.path("nothing.json")) is None

@@ -327,8 +327,7 @@ def id_problem(ids: pa.ChunkedArray, manifest_ids: pa.Array | pa.ChunkedArray | 
         return f"{len(unknown):,} embedded images are not in the manifest (first: {unknown[0]})"
     if len(unique) != len(manifest_ids):
         absent = pc.filter(manifest_ids, pc.invert(pc.is_in(manifest_ids, value_set=unique)))
-        return (f"{len(absent):,} manifest images have no embedding (first: {absent[0]}): the dataset "
-                "changed since the cell was embedded")
+        return f"{len(absent):,} manifest images have no embedding (first: {absent[0]})"
     return None
 
 

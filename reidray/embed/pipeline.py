@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord, nonfinite
@@ -34,7 +33,7 @@ from reidray.errors import CellError, user_error
 from reidray.lease import cell_lease
 from reidray.models import get
 from reidray.models.preprocess import resize_key
-from reidray.store import CellFaultError, Store, fingerprint, manifest_hash, seal_parts, verify_cell
+from reidray.store import CellFaultError, Store, fingerprint, id_problem, manifest_hash, seal_parts, verify_cell
 
 
 def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
@@ -212,15 +211,10 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
 
 def _verify(written: pa.Table, manifest: pa.Table, model: str, dataset: str) -> None:
     """Exactly one row per manifest image, finite embeddings: otherwise the cell is not complete."""
-    ids = written.column(IMAGE_ID)
-    if written.num_rows != manifest.num_rows or pc.count_distinct(ids).as_py() != manifest.num_rows:
-        raise CellError(
-            f"cell {model}/{dataset}: wrote {written.num_rows} rows for {manifest.num_rows} images; "
-            "the cell is left incomplete and will be redone"
-        )
-    if not pc.all(pc.is_in(ids, value_set=manifest.column(IMAGE_ID))).as_py():
-        raise CellError(f"cell {model}/{dataset}: embeddings hold image ids that are not in the manifest")
+    problem = id_problem(written.column(IMAGE_ID), manifest.column(IMAGE_ID))
     count, first = nonfinite(written)
     if count:
-        raise CellError(f"cell {model}/{dataset}: the encoder gave NaN or infinite embeddings for {count} "
-                        f"images (first: {', '.join(first)}); the cell is left incomplete")
+        problem = f"the encoder gave NaN or infinite embeddings for {count} images (first: {', '.join(first)})"
+    if problem:
+        raise CellError(f"cell {model}/{dataset}: wrote {written.num_rows:,} rows for {manifest.num_rows:,} "
+                        f"images: {problem}; the cell is left incomplete and will be redone")

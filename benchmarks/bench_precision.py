@@ -51,7 +51,7 @@ def embed_and_score(work: str, model: str, manifest: pa.Table, precision: str,
     store.write_table(store.manifest_path(DATASET), manifest)
     settings = EmbedSettings(precision=precision, progress_seconds=3600)
     cell = embed_cell(store, model, DATASET, manifest, random_init=random_init, settings=settings, say=lambda _: None)
-    table = joined_cell(store, model, DATASET).sort_by("image_id")
+    table = joined_cell(store, cell).sort_by("image_id")
     (row,) = score_cell(get_dataset(DATASET).protocol, table, cell.metric, cell=cell.name)
     return row, table
 

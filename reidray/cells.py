@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from reidray.errors import CellError
@@ -34,6 +35,16 @@ IMAGE_ID, PATH = MANIFEST_SCHEMA.names[:2]
 # The manifest columns stored beside every embedding: what scoring and serving need of an image.
 LABELS: tuple[str, ...] = ("image_id", "pid", "camid", "split")
 EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One Parquet part of a cell as embed wrote it: what a reader checks before trusting it."""
+
+    name: str  # file name inside the cell folder
+    rows: int
+    bytes: int
+    sha256: str  # of the file's bytes
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,8 @@ class CellRecord:
     encoder_busy_fraction: float | None = None  # see embed.progress.ProgressTracker.busy_fraction
     created_at: str = ""
     nodes: list[str] = field(default_factory=list)  # the Ray node ids the encoder actors ran on
+    parts: tuple[Part, ...] = ()  # every Parquet part of the cell, no other; their rows sum to n_images
+    total_bytes: int = 0  # the parts' sizes summed
     skipped: bool = False
 
     @property
@@ -84,7 +97,22 @@ class CellRecord:
         (written by an older reidray, or edited) is a CellError naming what is missing."""
         stored = [f.name for f in fields(cls) if f.name != "skipped"]
         missing = [name for name in stored if name not in marker]
+        where = f"{marker.get('model', '?')}/{marker.get('dataset', '?')}"
         if missing:
-            where = f"{marker.get('model', '?')}/{marker.get('dataset', '?')}"
             raise CellError(f"cell {where}: its cell.json lacks {', '.join(missing)}; rerun embed for it")
-        return cls(**{name: marker[name] for name in stored}, skipped=skipped)
+        try:
+            parts = tuple(Part(**part) for part in marker["parts"])
+        except TypeError as exc:
+            raise CellError(f"cell {where}: its cell.json lists malformed parts ({exc}); rerun embed for it") from None
+        return cls(**{name: marker[name] for name in stored if name != "parts"}, parts=parts, skipped=skipped)
+
+
+def nonfinite(table: pa.Table) -> tuple[int, list[str]]:
+    """How many rows of a cell's ``embedding`` column hold NaN or infinity, and the first few
+    such rows' image ids: a ranking over them would be a wrong number, never an error."""
+    column = table.column(EMBEDDING).combine_chunks()
+    if len(column) == 0:
+        return 0, []
+    values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    return len(bad), table.column(IMAGE_ID).take(pa.array(bad[:5])).to_pylist()

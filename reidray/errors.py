@@ -55,7 +55,8 @@ def user_error(exc: BaseException) -> ReidrayError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ReidrayError):
+        # Ray's task error subclasses its cause's class (its text: the remote traceback): look through it
+        if isinstance(current, ReidrayError) and getattr(current, "cause", None) is None:
             return current
         found = _REMOTE_ERROR.findall(str(current))
         if found:

@@ -129,8 +129,9 @@ def _score_graph(store: Store, job: JobConfig, say: Say):
 
 
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
-                    score: bool = True) -> list[str]:
-    """Embed every cell and, as each completes, start its score task; returns the failures."""
+                    score: bool = True, redo: bool = False) -> list[str]:
+    """Embed every cell (all of them cleared and recomputed with ``redo``) and, as each completes,
+    start its score task; returns the failures."""
     from reidray.embed.dataset import embed_dataset
 
     graph = _score_graph(store, job, say)
@@ -143,7 +144,7 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
                 graph.submit(cell, protocol)
                 graph.collect()
 
-        failures += embed_dataset(store, dataset, manifest, grid.models, job, say, on_cell)
+        failures += embed_dataset(store, dataset, manifest, grid.models, job, say, on_cell, redo)
     graph.collect(wait=True)
     for line in graph.failures:
         say(f"FAILED {line}")
@@ -152,20 +153,24 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
     return failures + graph.failures
 
 
-def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str]:
-    """Score every complete stored cell of the grid (the `score` command)."""
+def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say, redo: bool = False) -> list[str]:
+    """Score every complete stored cell of the grid (the `score` command); ``redo`` drops each
+    cell's results first. The score tasks verify each cell before ranking it."""
     graph = _score_graph(store, job, say)
     failures = []
     for model in grid.models:
         for dataset in grid.datasets:
-            marker = store.cell_marker(model, dataset)
-            if marker is None:
-                failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
-                continue
+            if redo:
+                store.drop_results(model, dataset)
             try:
-                cell = CellRecord.from_marker(marker, skipped=True)
+                cell = store.cell_record(model, dataset)
             except ReidrayError as exc:
                 failures.append(str(exc))
+                store.drop_results(model, dataset)
+                continue
+            if cell is None:
+                failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
+                store.drop_results(model, dataset)
                 continue
             graph.submit(cell, datasets.get(dataset).protocol)
     graph.collect(wait=True)
@@ -174,8 +179,8 @@ def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str
     return failures + graph.failures
 
 
-def write_report(store: Store, say: Say) -> str:
-    """Every stored result as tables, figures and the comparison with the paper, under ``report/``."""
+def write_report(store: Store, say: Say, missing_ok: bool = False) -> str:
+    """Every current result as tables, figures and the comparison with the paper, under ``report/``."""
     from reidray.report import build
 
-    return build.write_report(store, say)
+    return build.write_report(store, say, missing_ok)

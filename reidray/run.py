@@ -37,6 +37,8 @@ DatasetsOpt = Annotated[
 AddressOpt = Annotated[
     Optional[str], typer.Option("--address", help="Ray cluster address; default: RAY_ADDRESS, else start Ray locally.")
 ]
+RedoOpt = Annotated[bool, typer.Option(
+    "--redo", help="Clear the named cells (-m/-d; all of the grid without them) and recompute them.")]
 RandomOpt = Annotated[
     bool, typer.Option("--random-init", help="Use random weights (tests, throughput). Outputs are labelled so.")
 ]
@@ -108,33 +110,36 @@ def _setup(job, data_root, out, models, datasets, random_init, address):
 @app.command("all")
 @user_errors
 def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
-         datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False) -> None:
+         datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
+         redo: RedoOpt = False) -> None:
     """The whole flow: parse datasets, embed every cell, score it, write the report."""
     flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
     manifests = flow.prepare_manifests(grid, config, store, say)
-    failures = flow.embed_and_score(grid, manifests, config, store, say)
-    if config.report and store.list_files(store.results_dir(), ".parquet"):
-        flow.write_report(store, say)
+    failures = flow.embed_and_score(grid, manifests, config, store, say, redo=redo)
+    if config.report:
+        flow.write_report(store, say, missing_ok=True)
     _finish(failures)
 
 
 @app.command()
 @user_errors
 def embed(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
-          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False) -> None:
-    """Embed every cell of the grid (complete cells are skipped)."""
+          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
+          redo: RedoOpt = False) -> None:
+    """Embed every cell of the grid (complete, verified cells are skipped unless --redo)."""
     flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
     manifests = flow.prepare_manifests(grid, config, store, say)
-    _finish(flow.embed_and_score(grid, manifests, config, store, say, score=False))
+    _finish(flow.embed_and_score(grid, manifests, config, store, say, score=False, redo=redo))
 
 
 @app.command()
 @user_errors
 def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
-          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False) -> None:
-    """Score every stored cell of the grid: one Ray task per cell."""
+          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
+          redo: RedoOpt = False) -> None:
+    """Score every stored cell of the grid: one Ray task per cell (--redo: drop its results first)."""
     flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
-    _finish(flow.score_stored(store, config, grid, say))
+    _finish(flow.score_stored(store, config, grid, say, redo=redo))
 
 
 @app.command()

@@ -8,8 +8,11 @@ The output root is a local folder or a URI that pyarrow understands (``file://``
     <root>/results/<model>__<dataset>.parquet
     <root>/report/...
 
-A cell is complete exactly when its ``cell.json`` exists and carries the fingerprint the current
-run computes; everything else about a cell is scratch and is redone.
+A cell is complete exactly when its ``cell.json`` exists, carries the fingerprint the current
+run computes and ``verify_cell`` finds the folder as the record describes it (the parts it lists
+and no other, their sizes, SHA-256 and rows, one row per manifest image); everything else about a
+cell is scratch and is redone. Every reader (embed's skip check, score, serve, the report)
+verifies before use.
 """
 
 from __future__ import annotations
@@ -18,18 +21,22 @@ import hashlib
 import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from reidray import __version__
-from reidray.errors import ReidrayError
+from reidray.cells import EMBEDDING, IMAGE_ID, CellRecord, Part
+from reidray.errors import CellError, ReidrayError
 
 CELL_MARKER = "cell.json"
+INVALID_MARKER = "invalid.json"  # a later stage found the cell unusable: the next embed redoes it
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray sets it in a submitted job's driver: runtime_env, submission id
 
 
@@ -101,10 +108,19 @@ class Store:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Write atomically: a temporary sibling, then a rename, so readers never see half a file."""
+        """Write atomically, so readers never see half a file. Local roots: a temporary sibling,
+        flushed to disk (fsync) before the rename, so a crash leaves the old file or the new one.
+        Object stores: one PUT, which the store makes visible only whole, once it succeeds."""
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            return
         with self.fs.open_output_stream(tmp) as out:
             out.write(data)
         self.fs.move(tmp, path)
@@ -117,11 +133,23 @@ class Store:
         self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def read_json(self, path: str) -> Any | None:
-        """The parsed file, or None when it is missing or unreadable (treated as not written)."""
+        """The parsed file, or None when it is missing. A file that is there but cannot be read or
+        is not JSON is a ReidrayError naming it: a failed read never passes for "not written"."""
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
         try:
             return json.loads(self.read_bytes(path))
-        except (OSError, FileNotFoundError, json.JSONDecodeError):
-            return None
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ReidrayError(f"{self.uri_of(path)} exists but cannot be read ({_cause(exc)})") from None
+
+    def uri_of(self, path: str) -> str:
+        """``uri`` for a path this store handed out (messages name files as the user passed the root)."""
+        return self.uri(path[len(self.base) + 1:]) if path.startswith(self.base + "/") else path
+
+    def delete(self, path: str) -> None:
+        """Remove a file if it is there (a folder in its place is left alone)."""
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            self.fs.delete_file(path)
 
     def write_table(self, path: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
@@ -138,11 +166,25 @@ class Store:
 
     # --- cells --------------------------------------------------------------------------
     def cell_marker(self, model: str, dataset: str) -> dict | None:
-        return self.read_json(f"{self.cell_dir(model, dataset)}/{CELL_MARKER}")
+        """The cell's ``cell.json``: None when there is none; CellError when it cannot be read."""
+        try:
+            return self.read_json(f"{self.cell_dir(model, dataset)}/{CELL_MARKER}")
+        except ReidrayError as exc:
+            raise CellError(f"cell {model}/{dataset}: {exc}; {redo_hint(model, dataset)}") from None
 
-    def cell_complete(self, model: str, dataset: str, fingerprint: str) -> bool:
+    def cell_record(self, model: str, dataset: str) -> CellRecord | None:
+        """The cell's record as stored (None: no marker); CellError when unreadable or incomplete."""
         marker = self.cell_marker(model, dataset)
-        return marker is not None and marker.get("fingerprint") == fingerprint
+        return None if marker is None else CellRecord.from_marker(marker, skipped=True)
+
+    def mark_invalid(self, model: str, dataset: str, reason: str) -> None:
+        """Record that a later stage found the cell unusable: it then fails verification, so score
+        and serve refuse it and the next embed redoes it."""
+        self.write_json(f"{self.cell_dir(model, dataset)}/{INVALID_MARKER}", {"reason": reason})
+
+    def drop_results(self, model: str, dataset: str) -> None:
+        """Remove the cell's results file: they no longer describe a stored cell."""
+        self.delete(self.result_path(model, dataset))
 
     def list_files(self, directory: str, suffix: str) -> list[str]:
         """Files directly in ``directory`` ending with ``suffix``, sorted; none if it is missing."""
@@ -152,12 +194,141 @@ class Store:
         )
 
     def read_cell(self, model: str, dataset: str) -> pa.Table:
-        """A complete cell's embeddings (only the part files, never scratch)."""
+        """A cell's part files as they are, unverified (tests and tools inspect cells with it;
+        the stages read through ``verify_cell``)."""
         directory = self.cell_dir(model, dataset)
         parts = self.list_files(directory, ".parquet")
         if not parts:
             raise ReidrayError(f"cell {model}/{dataset} has no embeddings under {directory}")
         return pa.concat_tables(pq.read_table(p, filesystem=self.fs) for p in parts)
+
+
+def redo_hint(model: str, dataset: str) -> str:
+    """What fixes a cell that fails verification: the one line every refusal ends with."""
+    return f"redo it with `python -m reidray.run embed -m {model} -d {dataset} --redo`"
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class ReadPart:
+    """A part as read: its facts, and its table (or why it does not parse) with its file schema."""
+
+    part: Part
+    table: pa.Table | None
+    schema: pa.Schema | None
+    error: str = ""
+
+
+def read_parts(store: Store, paths: list[str], columns: list[str] | None = None) -> list[ReadPart]:
+    """Each Parquet part read once: its bytes hashed (SHA-256, in threads: hashlib releases the
+    GIL) and parsed from the same buffer, so verifying costs the hashing alone."""
+
+    def one(path: str) -> ReadPart:
+        data = store.read_bytes(path)
+        digest = hashlib.sha256(data).hexdigest()
+        part = Part(name=path.rsplit("/", 1)[-1], rows=-1, bytes=len(data), sha256=digest)
+        try:
+            file = pq.ParquetFile(pa.BufferReader(data))
+            table = file.read(columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            return ReadPart(part, None, None, _cause(exc))
+        return ReadPart(Part(part.name, table.num_rows, part.bytes, digest), table, file.schema_arrow)
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
+        return list(pool.map(one, paths))
+
+
+def seal_parts(store: Store, model: str, dataset: str) -> tuple[tuple[Part, ...], pa.Table]:
+    """The parts embed just wrote, as the record lists them, and the cell's table read from them."""
+    read = read_parts(store, store.list_files(store.cell_dir(model, dataset), ".parquet"))
+    broken = [f"{r.part.name} ({r.error})" for r in read if r.table is None]
+    if broken or not read:
+        raise CellError(f"cell {model}/{dataset}: the parts written do not read back: "
+                        f"{', '.join(broken) or 'none written'}; the cell will be redone")
+    return tuple(r.part for r in read), pa.concat_tables(r.table for r in read)
+
+
+class CellFaultError(CellError):
+    """A stored cell that does not match its record; ``fault`` says how, without the fix."""
+
+    def __init__(self, record: CellRecord, fault: str) -> None:
+        self.fault = fault
+        super().__init__(f"cell {record.name}: {fault}; {redo_hint(record.model, record.dataset)}")
+
+
+def verify_cell(store: Store, record: CellRecord, manifest_ids: pa.Array | pa.ChunkedArray | None,
+                columns: list[str] | None = None) -> pa.Table:
+    """The cell's table (only ``columns`` and the image ids, when given), after checking the folder
+    against ``record``: not marked invalid, exactly the listed parts, each of the recorded size,
+    SHA-256 and rows, the totals and ``dim`` as recorded, unique image ids and, given
+    ``manifest_ids``, one row per manifest image. Any fault is a CellFaultError naming the cell,
+    the part and the fix. The one check every reader makes before using a cell."""
+    directory = store.cell_dir(record.model, record.dataset)
+    try:
+        invalid = store.read_json(f"{directory}/{INVALID_MARKER}")
+    except ReidrayError as exc:
+        invalid = {"reason": str(exc)}
+    if invalid is not None:
+        raise CellFaultError(record, f"marked invalid ({invalid.get('reason', '?')})")
+    present = {path.rsplit("/", 1)[-1]: path for path in store.list_files(directory, ".parquet")}
+    listed = {part.name: part for part in record.parts}
+    missing, extra = sorted(listed.keys() - present.keys()), sorted(present.keys() - listed.keys())
+    if not listed:
+        raise CellFaultError(record, "its cell.json lists no parts")
+    if missing:
+        raise CellFaultError(record, f"part {missing[0]} is missing (cell.json lists {len(listed)} parts)")
+    if extra:
+        raise CellFaultError(record, f"part {extra[0]} is not listed in cell.json (a stray or copied file)")
+    wanted = None if columns is None else list(dict.fromkeys([IMAGE_ID, *columns]))
+    read = read_parts(store, [present[name] for name in sorted(listed)], wanted)
+    for r in read:
+        found, expected = r.part, listed[r.part.name]
+        if found.bytes != expected.bytes:
+            raise CellFaultError(record, f"part {found.name} is {found.bytes:,} bytes, cell.json records "
+                                         f"{expected.bytes:,} (truncated or replaced)")
+        if found.sha256 != expected.sha256:
+            raise CellFaultError(record, f"part {found.name} does not match its SHA-256 in cell.json "
+                                         "(changed after embedding)")
+        if r.table is None:
+            raise CellFaultError(record, f"part {found.name} does not read as Parquet ({r.error})")
+        if found.rows != expected.rows:
+            raise CellFaultError(record, f"part {found.name} holds {found.rows:,} rows, cell.json records "
+                                         f"{expected.rows:,}")
+        dim = r.schema.field(EMBEDDING).type.list_size if EMBEDDING in r.schema.names else None
+        if dim != record.dim:
+            raise CellFaultError(record, f"part {found.name} holds {dim}-d embeddings, cell.json records "
+                                         f"dim={record.dim}")
+    table = pa.concat_tables(r.table for r in read)
+    if table.num_rows != record.n_images:
+        raise CellFaultError(record, f"cell.json records n_images={record.n_images:,} but its parts hold "
+                                     f"{table.num_rows:,} rows")
+    if sum(part.bytes for part in record.parts) != record.total_bytes:
+        raise CellFaultError(record, "cell.json's total_bytes is not the sum of its parts' sizes")
+    problem = id_problem(table.column(IMAGE_ID), manifest_ids)
+    if problem:
+        raise CellFaultError(record, problem)
+    return table
+
+
+def id_problem(ids: pa.ChunkedArray, manifest_ids: pa.Array | pa.ChunkedArray | None) -> str | None:
+    """Why a cell's image ids are not one per image (of the manifest, when given), or None."""
+    unique = pc.unique(ids)
+    if len(unique) != len(ids):
+        counts = pc.value_counts(ids)
+        first = next(c["values"] for c in counts.to_pylist() if c["counts"] > 1)
+        return f"{len(ids) - len(unique):,} rows repeat an image id (first: {first})"
+    if manifest_ids is None:
+        return None
+    unknown = pc.filter(unique, pc.invert(pc.is_in(unique, value_set=manifest_ids)))
+    if len(unknown):
+        return f"{len(unknown):,} embedded images are not in the manifest (first: {unknown[0]})"
+    if len(unique) != len(manifest_ids):
+        absent = pc.filter(manifest_ids, pc.invert(pc.is_in(manifest_ids, value_set=unique)))
+        return f"{len(absent):,} manifest images have no embedding (first: {absent[0]})"
+    return None
 
 
 def _absolute(path: str) -> str:

@@ -21,7 +21,7 @@ from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.actor import EncoderActor
 from reidray.embed.dataset import shared_decode_blocker
-from reidray.embed.pipeline import decoded_images, embed_cell, is_complete, resources
+from reidray.embed.pipeline import decoded_images, embed_cell, fingerprint_for, resources, stored_cell
 from reidray.embed.progress import ProgressTracker, finished_line, progress_line, tracker_name
 from reidray.errors import CellError
 from reidray.models import get
@@ -72,10 +72,10 @@ def test_complete_cell_is_skipped_and_a_half_written_one_redone(ray_session, dat
     assert 0 < store.cell_marker(MODEL, DATASET)["encoder_busy_fraction"] <= 1
     # Precision is part of the fingerprint: the fp32 cell does not stand in for a bf16 run.
     digest = manifest_hash(manifest)
-    assert is_complete(store, MODEL, DATASET, digest, weights=None, random_init=False,
-                       settings=EmbedSettings(precision="fp32"))
-    assert not is_complete(store, MODEL, DATASET, digest, weights=None, random_init=False,
-                           settings=EmbedSettings(precision="bf16"))
+    for precision, complete in (("fp32", True), ("bf16", False)):
+        fp = fingerprint_for(MODEL, digest, dataset=DATASET, weights=None, random_init=False,
+                             settings=EmbedSettings(precision=precision))
+        assert (stored_cell(store, MODEL, DATASET, fp, manifest)[0] is not None) == complete
     # A crash after some part files but before the marker: stale parts plus a junk file.
     cell_dir = Path(store.cell_dir(MODEL, DATASET))
     (cell_dir / "cell.json").unlink()
@@ -95,12 +95,17 @@ def test_the_cell_record_carries_the_model_facts_and_an_incomplete_record_is_red
     assert (marker["paradigm"], marker["params_m"], marker["metric"], marker["normalize"]) == (
         spec.paradigm, spec.params_m, spec.metric, spec.normalize)
     assert CellRecord.from_marker(marker, skipped=True) == replace(first, skipped=True)
+    assert [part["name"] for part in marker["parts"]] == sorted(
+        p.name for p in Path(store.cell_dir(MODEL, DATASET)).glob("*.parquet"))
+    assert sum(part["rows"] for part in marker["parts"]) == marker["n_images"] == manifest.num_rows
     # A record written by an older reidray (no model facts) is not trusted, even with the right fingerprint.
     old = {k: v for k, v in marker.items() if k not in ("paradigm", "params_m", "metric", "normalize")}
     store.write_json(f"{store.cell_dir(MODEL, DATASET)}/cell.json", old)
     with pytest.raises(CellError, match="lacks paradigm, params_m, metric, normalize; rerun embed"):
         CellRecord.from_marker(old, skipped=True)
-    redone = embed_cell(store, MODEL, DATASET, manifest, say=lambda _: None)
+    lines: list[str] = []
+    redone = embed_cell(store, MODEL, DATASET, manifest, say=lines.append)
+    assert any("redoing the cell: its cell.json lacks paradigm" in line for line in lines), lines
     assert not redone.skipped and redone.fingerprint == first.fingerprint
     assert store.cell_marker(MODEL, DATASET)["metric"] == spec.metric
 

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from reidray.cells import CellRecord
 from reidray.errors import ReidrayError
 from reidray.models import get
 from reidray.report import figures, paper
@@ -32,7 +34,7 @@ from reidray.report.frame import PAPER_DATASETS, headline
 from reidray.report.tables import ranks
 from reidray.run import app
 from reidray.score.results import to_table
-from reidray.store import Store
+from reidray.store import Store, seal_parts
 
 METRICS = ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")
 FIGURES = ("fig1_cross_domain", "fig2_retention", "fig3_paradigms", "fig4_size")
@@ -78,8 +80,26 @@ def full_grid(synthetic_run, tmp_path_factory) -> tuple[Store, pl.DataFrame]:
                 row[m] = min(1.0, row[m] * scale * (1 - 0.07 * i))
             rows = [row] if dataset != "grid" else _grid_trials(row)
             store.write_table(store.result_path(model, dataset), to_table(rows))
+            _stored_cell(store, model, dataset, row["fingerprint"])
             cells += rows
     return store, pl.from_arrow(to_table(cells))
+
+
+def _stored_cell(store: Store, model: str, dataset: str, fingerprint: str) -> None:
+    """A one-image cell for relabelled rows to come from: the report shows only rows whose cell is
+    stored and verified with their fingerprint."""
+    ids = ["0001_c1s1_000001_00.jpg"]
+    store.write_table(store.manifest_path(dataset), pa.table({"image_id": ids}))
+    part = pa.table({"image_id": ids, "pid": [1], "camid": [0], "split": ["query"],
+                     "embedding": pa.array([[1.0, 0.0]], pa.list_(pa.float32(), 2))})
+    store.write_table(f"{store.cell_dir(model, dataset)}/part-0.parquet", part)
+    parts, _ = seal_parts(store, model, dataset)
+    spec = get(model)
+    record = CellRecord(model=model, dataset=dataset, fingerprint=fingerprint, n_images=1, dim=2,
+                        embed_seconds=1.0, device="cpu", precision="fp32", random_init=False,
+                        weights_id=spec.weights_id, paradigm=spec.paradigm, params_m=spec.params_m,
+                        metric=spec.metric, normalize=spec.normalize, parts=parts, total_bytes=parts[0].bytes)
+    store.write_json(f"{store.cell_dir(model, dataset)}/cell.json", record.to_marker())
 
 
 def _grid_trials(row: dict) -> list[dict]:

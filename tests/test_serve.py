@@ -27,7 +27,7 @@ from reidray.datasets.synth import generate
 from reidray.errors import ReidrayError
 from reidray.models import get
 from reidray.serve.settings import check_exposure, is_loopback, parse_settings
-from reidray.store import Store
+from reidray.store import Store, seal_parts
 
 TOKEN = "test-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,22 +45,24 @@ def _free_port() -> int:
 
 def _hand_made_cell(store: Store, manifest: pa.Table, model: str, planted: np.ndarray,
                     random_init: bool = True) -> list[str]:
-    """A cell of ``model`` written by hand: 40 gallery rows, the first ones ``planted``, the rest
-    random unit vectors; returns the planted rows' image ids."""
+    """A cell of ``model`` written by hand: the first gallery rows ``planted``, every other image a
+    random unit vector; returns the planted rows' image ids."""
     from reidray.embed.actor import embedding_array
 
     spec = get(model)
-    gallery = manifest.filter(pc.equal(manifest.column("split"), "gallery")).slice(0, 40)
-    vectors = np.random.default_rng(0).normal(size=(gallery.num_rows, spec.dim)).astype(np.float32)
+    rows = manifest.sort_by("split")  # one row per manifest image, as verification wants; gallery first
+    vectors = np.random.default_rng(0).normal(size=(rows.num_rows, spec.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors[: len(planted)] = planted
-    table = gallery.select(["image_id", "pid", "camid", "split"]).append_column("embedding", embedding_array(vectors))
+    table = rows.select(["image_id", "pid", "camid", "split"]).append_column("embedding", embedding_array(vectors))
     cell = store.cell_dir(model, DATASET)
     store.write_table(f"{cell}/part-0.parquet", table)
+    parts, _ = seal_parts(store, model, DATASET)
     record = CellRecord(model=model, dataset=DATASET, fingerprint="hand-made-for-the-wiring-test",
                         n_images=table.num_rows, dim=spec.dim, embed_seconds=0.0, device="cpu", precision="fp32",
                         random_init=random_init, weights_id=spec.weights_id, paradigm=spec.paradigm,
-                        params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize)
+                        params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize, parts=parts,
+                        total_bytes=sum(p.bytes for p in parts))
     store.write_json(f"{cell}/cell.json", record.to_marker())
     return table.column("image_id").to_pylist()[: len(planted)]
 

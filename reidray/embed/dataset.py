@@ -3,7 +3,8 @@
 Models whose CPU stage gives identical pixels (same input size, resize policy and interpolation:
 ``preprocess.resize_key``) share one decoded copy of the dataset, held in Ray's object store while
 each of them reads it, as long as that copy fits half of the store; otherwise each model decodes
-for itself and the run says why. A cell already complete is skipped and never decoded for.
+for itself and the run says why. A cell already complete (and verified) is skipped and never
+decoded for; a cell whose marker cannot be read fails, unless ``redo`` clears it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import ray
 
 from reidray.cells import CellRecord
 from reidray.config import JobConfig
-from reidray.embed.pipeline import decoded_images, embed_cell, is_complete
+from reidray.embed.pipeline import decoded_images, embed_cell, fingerprint_for, stored_cell
 from reidray.embed.progress import finished_line
 from reidray.errors import ReidrayError, user_error
+from reidray.lease import CellBusyError
 from reidray.models import get
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, manifest_hash
@@ -46,14 +48,54 @@ def shared_decode_blocker(manifest: pa.Table, model: str) -> str | None:
 
 
 def embed_dataset(store: Store, dataset: str, manifest: pa.Table, models: list[str], job: JobConfig,
-                  say: Callable[[str], None], on_cell: Callable[[CellRecord], None]) -> list[str]:
-    """Embed ``dataset`` with every model (complete cells skipped), calling ``on_cell`` with each
-    cell as it is ready; returns one line per failed cell."""
+                  say: Callable[[str], None], on_cell: Callable[[CellRecord], None], redo: bool = False) -> list[str]:
+    """Embed ``dataset`` with every model (complete cells skipped, every cell cleared and redone
+    with ``redo``), calling ``on_cell`` with each cell as it is ready; returns one line per failed cell."""
     failures: list[str] = []
+
+    def fail(line: str) -> None:
+        failures.append(line)
+        say(f"FAILED {line}")
+
     digest = manifest_hash(manifest)  # once per dataset, not per model
+    busy: list[str] = []
+
+    def embed(model: str, decoded: ray.data.Dataset | None, wait: bool) -> None:
+        try:
+            cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
+                              random_init=job.random_init, settings=job.embed_for(model), say=say,
+                              decoded=decoded, manifest_digest=digest, redo=redo, wait=wait)
+        except CellBusyError as exc:
+            say(f"{exc}; coming back to it after the other cells")
+            busy.append(model)
+            return
+        except ReidrayError as exc:
+            fail(str(exc))
+            return
+        ready(cell)
+
+    def ready(cell: CellRecord) -> None:
+        say(finished_line(cell) if not cell.skipped else
+            f"embed {cell.name}: complete already ({cell.n_images:,} images, verified), skipped")
+        on_cell(cell)
+
     for group in decode_groups(models):
-        todo = [m for m in group if not is_complete(store, m, dataset, digest, weights=job.weights_for(m),
-                                                    random_init=job.random_init, settings=job.embed_for(m))]
+        todo = []
+        for model in group:
+            if redo:
+                todo.append(model)
+                continue
+            fp = fingerprint_for(model, digest, dataset=dataset, weights=job.weights_for(model), random_init=job.random_init,
+                                 settings=job.embed_for(model))
+            try:
+                stored, _ = stored_cell(store, model, dataset, fp, manifest)
+            except ReidrayError as exc:  # a marker there but unreadable: never taken for "not done"
+                fail(str(exc))
+                continue
+            if stored is None:
+                todo.append(model)
+            else:
+                ready(stored)
         decoded = None
         share = job.embed.share_decode and len(todo) > 1
         too_big = share and shared_decode_blocker(manifest, todo[0])
@@ -65,21 +107,11 @@ def embed_dataset(store: Store, dataset: str, manifest: pa.Table, models: list[s
                 decoded = decoded_images(manifest, todo[0], job.embed).materialize()
             except Exception as exc:  # a bad image fails every cell that needed it
                 for model in todo:
-                    failures.append(f"cell {model}/{dataset}: {user_error(exc) or exc}")
-                    say(f"FAILED {failures[-1]}")
+                    store.drop_results(model, dataset)  # no longer what a complete cell would give
+                    fail(f"cell {model}/{dataset}: {user_error(exc) or exc}")
                 continue
-        for model in group:
-            try:
-                cell = embed_cell(store, model, dataset, manifest, weights=job.weights_for(model),
-                                  random_init=job.random_init, settings=job.embed_for(model), say=say,
-                                  decoded=decoded, manifest_digest=digest)
-            except ReidrayError as exc:
-                failures.append(str(exc))
-                say(f"FAILED {exc}")
-                continue
-            if cell.skipped:
-                say(f"embed {model}/{dataset}: complete already ({cell.n_images:,} images), skipped")
-            else:
-                say(finished_line(cell))
-            on_cell(cell)
+        for model in todo:
+            embed(model, decoded, wait=False)
+    for model in busy:  # held by another run: by now done, or ours to finish
+        embed(model, None, wait=True)
     return failures

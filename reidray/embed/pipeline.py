@@ -4,9 +4,12 @@ Decoding runs in Ray tasks and the encoder in an actor pool; with GPUs the two s
 operators (their resources differ), on a CPU-only machine Ray fuses them into the actor.
 
 manifest rows -> decode + resize (CPU tasks) -> encoder actor pool (GPU where present)
--> Parquet under the cell folder -> verified -> ``cell.json`` written last. A cell whose marker
-carries the current fingerprint is skipped; any other cell is cleared and redone, so a rerun after
-a crash ends with exactly one row per image.
+-> Parquet under the cell folder -> read back once (hashed, checked) -> ``cell.json`` written
+last, listing every part with its rows and SHA-256. A cell whose marker carries the current
+fingerprint and which ``store.verify_cell`` finds whole is skipped; any other cell is cleared
+(its results file with it) and redone, saying why, so a rerun after a crash or a damaged file
+ends with exactly one row per image. A marker that is there but cannot be read stops the cell
+(the cause may be passing); ``redo`` clears it regardless.
 """
 
 from __future__ import annotations
@@ -19,19 +22,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
-from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord
+from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord, nonfinite
 from reidray.config import EmbedSettings, resolve_precision
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
 from reidray.connect import wait_for_resources
 from reidray.errors import CellError, ReidrayError, user_error
+from reidray.lease import cell_lease
 from reidray.models import get, uses_camera_ids
 from reidray.models.preprocess import resize_key
-from reidray.store import Store, fingerprint, manifest_hash
+from reidray.store import CellFaultError, Store, fingerprint, id_problem, manifest_hash, seal_parts, verify_cell
 
 
 def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
@@ -79,23 +82,29 @@ def resources(settings: EmbedSettings) -> Resources:
     return Resources(num_gpus, settings.concurrency, "cuda", resolve_precision(settings.precision))
 
 
-def is_complete(store: Store, model: str, dataset: str, manifest_digest: str, *, weights: str | None,
-                random_init: bool, settings: EmbedSettings) -> bool:
-    """Whether the stored cell already holds exactly what this run would write."""
-    fp = cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision,
-                          dataset)
-    return stored_cell(store, model, dataset, fp) is not None
+def fingerprint_for(model: str, manifest_digest: str, *, dataset: str, weights: str | None, random_init: bool,
+                    settings: EmbedSettings) -> str:
+    """The fingerprint this run gives the cell (precision as the cluster resolves it)."""
+    return cell_fingerprint(model, weights, random_init, manifest_digest, resources(settings).precision, dataset)
 
 
-def stored_cell(store: Store, model: str, dataset: str, fp: str) -> CellRecord | None:
-    """The stored cell when its record is whole and carries fingerprint ``fp``; else None (redo it)."""
+def stored_cell(store: Store, model: str, dataset: str, fp: str, manifest: pa.Table) -> tuple[CellRecord | None, str]:
+    """The stored cell when its record is whole, carries fingerprint ``fp`` and verifies against
+    its files and ``manifest``; else None and why it must be redone ("" when nothing is stored).
+    A marker that cannot be read is a CellError: only a missing one means "not done"."""
     marker = store.cell_marker(model, dataset)
-    if marker is None or marker.get("fingerprint") != fp:
-        return None
+    if marker is None:
+        return None, ""
+    if marker.get("fingerprint") != fp:
+        return None, "stored from other inputs (model, weights, precision or images changed)"
     try:
-        return CellRecord.from_marker(marker, skipped=True)
-    except CellError:  # a record from an older reidray, or edited: the cell is redone
-        return None
+        record = CellRecord.from_marker(marker, skipped=True)
+        verify_cell(store, record, manifest.column(IMAGE_ID), columns=[])
+    except CellFaultError as exc:
+        return None, exc.fault
+    except CellError as exc:  # a record from an older reidray, or edited
+        return None, str(exc).split(": ", 1)[-1]
+    return record, ""
 
 
 def _quiet_ray_data() -> None:
@@ -130,20 +139,36 @@ def embed_cell(
     say: Callable[[str], None] = print,
     decoded: ray.data.Dataset | None = None,
     manifest_digest: str | None = None,
+    redo: bool = False,
+    wait: bool = True,
 ) -> CellRecord:
     """Embed one dataset with one model, or skip it when its complete cell is already stored.
 
     ``decoded`` is the output of :func:`decoded_images` when several models share it;
-    ``manifest_digest`` is ``reidray.store.manifest_hash(manifest)`` when the caller has it already.
+    ``manifest_digest`` is ``reidray.store.manifest_hash(manifest)`` when the caller has it already;
+    ``redo`` clears the stored cell, whatever it holds, and recomputes it. The cell's lease is held
+    throughout: when another run holds it, ``wait`` for it, or raise ``lease.CellBusyError``.
     """
-    settings = settings or EmbedSettings()
+    with cell_lease(store, model, dataset, wait=wait, say=say):
+        return _embed_held(store, model, dataset, manifest, weights=weights, random_init=random_init,
+                           settings=settings or EmbedSettings(), say=say, decoded=decoded,
+                           manifest_digest=manifest_digest, redo=redo)
+
+
+def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, weights: str | None,
+                random_init: bool, settings: EmbedSettings, say: Callable[[str], None],
+                decoded: ray.data.Dataset | None, manifest_digest: str | None, redo: bool) -> CellRecord:
+    """``embed_cell`` once its lease is held."""
     spec = get(model)
     res = resources(settings)
     fp = cell_fingerprint(model, weights, random_init, manifest_digest or manifest_hash(manifest), res.precision,
                           dataset)
-    stored = stored_cell(store, model, dataset, fp)
+    label = f"embed {model}/{dataset}"
+    stored, why = (None, "--redo asked for it") if redo else stored_cell(store, model, dataset, fp, manifest)
     if stored is not None:
         return stored
+    if why:
+        say(f"{label}: redoing the cell: {why}")
 
     try:
         wait_for_resources({"GPU": res.num_gpus}, what=f"cell {model}/{dataset}: each encoder actor",
@@ -154,7 +179,7 @@ def embed_cell(
         raise CellError(str(exc)) from None
     cell_dir = store.cell_dir(model, dataset)
     store.clear_dir(cell_dir)  # drops any half-written attempt, marker included
-    label = f"embed {model}/{dataset}"
+    store.drop_results(model, dataset)  # they described the cell just cleared
     tracker = ProgressTracker.options(name=tracker_name(model, dataset)).remote()
     ds = (decoded if decoded is not None else decoded_images(manifest, model, settings)).map_batches(
         EncoderActor,
@@ -188,7 +213,7 @@ def embed_cell(
         raise CellError(f"cell {model}/{dataset}: {cause or failure[0]}") from failure[0]
     seconds = time.perf_counter() - start
 
-    written = store.read_cell(model, dataset)
+    parts, written = seal_parts(store, model, dataset)
     _verify(written, manifest, model, dataset)
     cell = CellRecord(
         model=model, dataset=dataset, fingerprint=fp, n_images=written.num_rows,
@@ -196,6 +221,7 @@ def embed_cell(
         precision=res.precision, random_init=random_init, weights_id=spec.weights_id, paradigm=spec.paradigm,
         params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize, steady_images_per_second=steady,
         encoder_busy_fraction=busy, created_at=datetime.now(timezone.utc).isoformat(), nodes=nodes,
+        parts=parts, total_bytes=sum(part.bytes for part in parts),
     )
     store.write_json(f"{cell_dir}/cell.json", cell.to_marker())
     return cell
@@ -203,11 +229,10 @@ def embed_cell(
 
 def _verify(written: pa.Table, manifest: pa.Table, model: str, dataset: str) -> None:
     """Exactly one row per manifest image, finite embeddings: otherwise the cell is not complete."""
-    ids = written.column(IMAGE_ID)
-    if written.num_rows != manifest.num_rows or pc.count_distinct(ids).as_py() != manifest.num_rows:
-        raise CellError(
-            f"cell {model}/{dataset}: wrote {written.num_rows} rows for {manifest.num_rows} images; "
-            "the cell is left incomplete and will be redone"
-        )
-    if not pc.all(pc.is_in(ids, value_set=manifest.column(IMAGE_ID))).as_py():
-        raise CellError(f"cell {model}/{dataset}: embeddings hold image ids that are not in the manifest")
+    problem = id_problem(written.column(IMAGE_ID), manifest.column(IMAGE_ID))
+    count, first = nonfinite(written)
+    if count:
+        problem = f"the encoder gave NaN or infinite embeddings for {count} images (first: {', '.join(first)})"
+    if problem:
+        raise CellError(f"cell {model}/{dataset}: wrote {written.num_rows:,} rows for {manifest.num_rows:,} "
+                        f"images: {problem}; the cell is left incomplete and will be redone")

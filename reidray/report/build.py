@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from reidray.errors import ReidrayError
 from reidray.report.figures import FigureOut, all_figures
 from reidray.report.frame import METRICS, dataset_order, headline, labels, load_results, short
 from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table
@@ -79,8 +80,9 @@ class Report:
         )
 
 
-def build_report(results: pl.DataFrame, source: str = "") -> Report:
-    """Tables and figures from a results frame (the results schema; any subset of the grid)."""
+def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | None = None) -> Report:
+    """Tables and figures from a results frame (the results schema; any subset of the grid);
+    ``stale`` lists the results files left out, and why."""
     head = headline(results.with_columns(pl.col(m).fill_nan(None) for m in METRICS))
     datasets = dataset_order(head)
     summary = [
@@ -93,15 +95,29 @@ def build_report(results: pl.DataFrame, source: str = "") -> Report:
         summary.append(
             f"Random-initialised weights (not results, never compared with the paper): {', '.join(random_labels)}."
         )
+    if stale:
+        summary.append(f"Left out, not current ({len(stale)}): " + " ".join(f"{line}." for line in stale))
     tables = [metric_table(head, "mAP"), metric_table(head, "rank1"), paradigm_table(head), comparison_table(head)]
     return Report(summary, tables, all_figures(head))
 
 
-def write_report(store: Store, say: Callable[[str], None]) -> str:
-    """Read every results file, write the report under ``store.report_dir()``, print the mAP table
-    and return it. Raises ReidrayError when there are no results."""
-    report = build_report(load_results(store), source=store.uri("results"))
+def write_report(store: Store, say: Callable[[str], None], missing_ok: bool = False) -> str:
+    """Read every current results file, write the report under ``store.report_dir()``, print the
+    mAP table and return it. Without current results an earlier report is removed (it would show
+    numbers that are no longer current) and a ReidrayError raised, or, with ``missing_ok``, a line said."""
     directory = store.report_dir()
+    try:
+        results, stale = load_results(store)
+    except ReidrayError as exc:
+        for path in store.list_files(directory, ""):
+            store.delete(path)
+        if not missing_ok:
+            raise
+        say(f"no report: {exc}")
+        return ""
+    for line in stale:
+        say(f"left out of the report: {line}")
+    report = build_report(results, source=store.uri("results"), stale=stale)
     store.write_bytes(f"{directory}/{MARKDOWN}", report.markdown().encode())
     store.write_bytes(f"{directory}/{HTML}", report.html().encode())
     for figure in report.figures:

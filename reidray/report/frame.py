@@ -8,11 +8,14 @@ never be mistaken for a result. Metrics stay fractions here; tables and figures 
 from __future__ import annotations
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
 
+from reidray.cells import IMAGE_ID
 from reidray.config import SYNTHETIC
 from reidray.errors import ReidrayError
 from reidray.report.paper import PAPER_DATASETS, paper_models
-from reidray.store import Store
+from reidray.store import Store, verify_cell
 
 RANDOM_INIT_MARK = " (random-init)"
 
@@ -28,22 +31,68 @@ IN_THE_WILD = ("last", "celebreid")
 
 PARADIGMS = ("supervised", "language-aligned", "self-supervised", "hand-crafted", "control")
 METRICS = ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")
-REQUIRED = ("model", "paradigm", "params", "dataset", "trial", "aggregate", "random_init", *METRICS)
+REQUIRED = ("model", "paradigm", "params", "dataset", "trial", "aggregate", "random_init", "fingerprint", *METRICS)
 
 
-def load_results(store: Store) -> pl.DataFrame:
-    """Every results file under the store's results folder, read through the store (remote roots too)."""
-    files = store.list_files(store.results_dir(), ".parquet")
-    if not files:
+def load_results(store: Store) -> tuple[pl.DataFrame, list[str]]:
+    """The current results under the store's results folder, read through the store (remote roots
+    too), and one line per results file left out. A file is current when it reads, has every
+    column, and the cell it was scored from is stored, verified (``store.verify_cell``) and carries
+    the fingerprint its rows record: a number is never shown for a cell that is no longer there."""
+    selector = pafs.FileSelector(store.results_dir(), allow_not_found=True)
+    entries = sorted((i for i in store.fs.get_file_info(selector) if i.base_name.endswith(".parquet")),
+                     key=lambda i: i.path)
+    if not entries:
         raise ReidrayError(f"no results under {store.uri('results')}: run `python -m reidray.run score` first")
-    frames = []
-    for path in files:
-        frame = pl.from_arrow(store.read_table(path))
+    frames, stale = [], []
+    manifests: dict[str, pa.ChunkedArray | None] = {}
+    for entry in entries:
+        model, _, dataset = entry.base_name.removesuffix(".parquet").partition("__")
+        rescore = f"rerun `python -m reidray.run score -m {model} -d {dataset} --redo`"
+        where = store.uri_of(entry.path)
+        if not entry.is_file:
+            stale.append(f"results path {where} is not a file; move it away and {rescore}")
+            continue
+        try:
+            frame = pl.from_arrow(store.read_table(entry.path))
+        except (OSError, pa.ArrowException) as exc:
+            stale.append(f"results file {where} cannot be read ({type(exc).__name__}: {exc}); {rescore}")
+            continue
         missing = [c for c in REQUIRED if c not in frame.columns]
         if missing:
-            raise ReidrayError(f"results file {path} lacks column(s) {', '.join(missing)}; rerun `score` for that cell")
-        frames.append(frame)
-    return pl.concat(frames, how="diagonal_relaxed")
+            stale.append(f"results file {where} lacks column(s) {', '.join(missing)}; {rescore}")
+            continue
+        for (fingerprint,), _ in frame.group_by("fingerprint"):
+            problem = _provenance(store, model, dataset, fingerprint, manifests)
+            if problem:
+                stale.append(f"results file {where} is stale: {problem}")
+                break
+        else:
+            frames.append(frame)
+    if not frames:
+        raise ReidrayError(f"no current results under {store.uri('results')} ({len(stale)} file(s) left out; "
+                           f"the first: {stale[0]})")
+    return pl.concat(frames, how="diagonal_relaxed"), stale
+
+
+def _provenance(store: Store, model: str, dataset: str, fingerprint: str,
+                manifests: dict[str, pa.ChunkedArray | None]) -> str | None:
+    """Why rows scored from cell (model, dataset) at ``fingerprint`` are not current, or None."""
+    try:
+        record = store.cell_record(model, dataset)
+        if record is None:
+            return (f"cell {model}/{dataset} is no longer stored (cleared or never completed); "
+                    f"rerun `python -m reidray.run all -m {model} -d {dataset}`")
+        if record.fingerprint != fingerprint:
+            return (f"cell {model}/{dataset} was embedded again since these rows were scored; "
+                    f"rerun `python -m reidray.run score -m {model} -d {dataset}`")
+        if dataset not in manifests:
+            path = store.manifest_path(dataset)
+            manifests[dataset] = store.read_table(path, [IMAGE_ID]).column(IMAGE_ID) if store.exists(path) else None
+        verify_cell(store, record, manifests[dataset], columns=[])
+    except (ReidrayError, OSError, pa.ArrowException) as exc:
+        return str(exc)
+    return None
 
 
 def headline(results: pl.DataFrame) -> pl.DataFrame:

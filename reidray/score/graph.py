@@ -1,5 +1,9 @@
 """The score stage's Ray task graph: one task per (model, dataset) cell, started as soon as that
 cell's embeddings are complete; each returns the cell's results rows, which the driver stores.
+
+A task scores only a cell that ``store.verify_cell`` finds as its record describes it, and with
+finite embeddings: NaN or infinity marks the cell invalid, so the next embed redoes it. A cell
+that fails to score loses its old results file, so no stale number outlives it.
 """
 
 from __future__ import annotations
@@ -13,20 +17,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from reidray.cells import IMAGE_ID, LABELS, CellRecord
+from reidray.cells import IMAGE_ID, LABELS, CellRecord, nonfinite
 from reidray.config import ScoreSettings
 from reidray.errors import CellError, ReidrayError, user_error
 from reidray.score.results import to_table
-from reidray.store import Store
+from reidray.store import Store, redo_hint, verify_cell
 
 
-def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
-    """The cell's embeddings with its manifest's columns (dataset-specific ones included)."""
-    embeddings = store.read_cell(model, dataset)
-    manifest = store.read_table(store.manifest_path(dataset))
+def joined_cell(store: Store, cell: CellRecord) -> pa.Table:
+    """The cell's embeddings, verified against its record and finite, with its manifest's columns
+    (dataset-specific ones included)."""
+    manifest = store.read_table(store.manifest_path(cell.dataset))
+    embeddings = verify_cell(store, cell, manifest.column(IMAGE_ID))
+    count, first = nonfinite(embeddings)
+    if count:
+        reason = f"{count} embeddings are NaN or infinite (first: {', '.join(first)})"
+        store.mark_invalid(cell.model, cell.dataset, reason)
+        raise CellError(f"cell {cell.name}: {reason}; marked invalid, {redo_hint(cell.model, cell.dataset)}")
     order = pc.index_in(embeddings.column(IMAGE_ID), value_set=manifest.column(IMAGE_ID))
-    if order.null_count:
-        raise CellError(f"cell {model}/{dataset}: embeddings and manifest disagree on the image ids; rerun embed")
     extra = manifest.take(order).drop_columns(list(LABELS))
     table = embeddings
     for name in extra.column_names:
@@ -50,7 +58,7 @@ def score_task(root: str, cell: CellRecord, protocol: str) -> list[dict]:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     try:
-        table = joined_cell(Store.open(root), cell.model, cell.dataset)
+        table = joined_cell(Store.open(root), cell)
         start = time.perf_counter()
         rows = score_cell(protocol, table, cell.metric, cell=cell.name)
     except ReidrayError as exc:
@@ -116,6 +124,13 @@ class ScoreGraph:
             except Exception as exc:  # a RayTaskError wrapping our CellError
                 cause = user_error(exc)
                 self.failures.append(str(cause) if cause is not None else f"cell {cell.name}: {getattr(exc, 'cause', None) or exc}")
+                self.store.drop_results(cell.model, cell.dataset)
                 continue
-            self.store.write_table(self.store.result_path(cell.model, cell.dataset), to_table(rows))
+            path = self.store.result_path(cell.model, cell.dataset)
+            try:
+                self.store.write_table(path, to_table(rows))
+            except OSError as exc:  # e.g. a folder where the file goes
+                self.failures.append(f"cell {cell.name}: results file {self.store.uri_of(path)} cannot be written "
+                                     f"({exc}); move whatever is there away and rerun score")
+                continue
             self.done.append((cell.model, cell.dataset))

@@ -17,7 +17,7 @@ Images travel as the raw request body (``curl --data-binary @q.jpg -H 'Content-T
 image/jpeg'``): no multipart parser, and the size limit applies to the image itself. Statuses:
 400 a body that is not an image, 401 no or wrong token, 404 an unknown model or gallery (the
 message lists the valid names), 409 a gallery embedded by another version of the served model
-(other weights, random or not, another dimension),
+(other weights, random or not, another dimension) or whose files fail verification,
 413 a body or image past the limits, 415 a body declared as something other than an image,
 422 bad parameters (or text for a model with no text tower), 503 a model that cannot be loaded.
 A failed request fails alone: nothing a client sends can take a replica down.

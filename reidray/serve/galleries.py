@@ -8,6 +8,9 @@ inner-product index over L2-normalised vectors, euclidean ones an L2 index (the 
 
 Indexes are kept per process, least recently used dropped beyond a bound, and rebuilt when the
 cell's fingerprint on disk changes (a re-embedded gallery is never served stale for long).
+A gallery is searchable only once ``store.verify_cell`` has found it as its record describes it
+(parts, sizes, SHA-256, rows, one row per manifest image); the check runs once per fingerprint
+per replica, and a gallery that fails it is listed with the fault and refused (409).
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from reidray.cells import CellRecord
+from reidray.cells import IMAGE_ID, CellRecord
 from reidray.errors import CellError, ReidrayError
 from reidray.models import get
-from reidray.store import CELL_MARKER, Store
+from reidray.store import CELL_MARKER, Store, verify_cell
 
+UNREADABLE = "unreadable"  # the key list_galleries puts in place of a marker that cannot be read
 RECHECK_SECONDS = 10.0  # how often a kept index looks at its cell.json for a re-embed
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a dataset folder name; never a path
 
@@ -36,7 +41,8 @@ class UnknownGalleryError(ReidrayError):
 
 
 class GalleryMismatchError(ReidrayError):
-    """The stored cell was embedded by another version of the model than the one served."""
+    """The stored cell cannot be searched with the served model: embedded by another version of
+    the model, or its files fail verification."""
 
 
 def list_galleries(store: Store) -> list[tuple[dict, dict]]:
@@ -51,7 +57,10 @@ def list_galleries(store: Store) -> list[tuple[dict, dict]]:
         for dataset_dir in sorted(datasets, key=lambda i: i.path):
             if dataset_dir.type != pafs.FileType.Directory:
                 continue
-            marker = store.read_json(f"{dataset_dir.path}/{CELL_MARKER}")
+            try:
+                marker = store.read_json(f"{dataset_dir.path}/{CELL_MARKER}")
+            except ReidrayError as exc:  # listed, with why it cannot be searched (Galleries.problem)
+                marker = {UNREADABLE: str(exc)}
             if marker is None:
                 continue
             found.append(({
@@ -110,7 +119,7 @@ def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex
     """Read the cell's gallery rows and index them (runs in a worker thread)."""
     import faiss
 
-    table = store.read_cell(model, dataset)
+    table = _verified(store, CellRecord.from_marker(marker, skipped=True), None)
     table = table.filter(pc.equal(table.column("split"), "gallery"))
     if table.num_rows == 0:
         raise CellError(f"cell {model}/{dataset} has no gallery rows (split == 'gallery') to search")
@@ -135,6 +144,13 @@ def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex
     )
 
 
+def _verified(store: Store, record: CellRecord, columns: list[str] | None) -> pa.Table:
+    """The cell's table once ``verify_cell`` passes (against the stored manifest when there is one)."""
+    manifest = store.manifest_path(record.dataset)
+    ids = store.read_table(manifest, columns=[IMAGE_ID]).column(IMAGE_ID) if store.exists(manifest) else None
+    return verify_cell(store, record, ids, columns)
+
+
 class Galleries:
     """The galleries of one output root, their indexes kept (LRU, at most ``max_kept``)."""
 
@@ -144,10 +160,14 @@ class Galleries:
         self.random_init = random_init
         self._kept: OrderedDict[tuple[str, str], GalleryIndex] = OrderedDict()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._verified: dict[tuple[str, str], tuple[str, str | None]] = {}  # -> (fingerprint, fault)
 
     def marker(self, model: str, dataset: str) -> dict:
         """The cell's marker, or UnknownGalleryError naming the model's galleries."""
-        marker = self.store.cell_marker(model, dataset) if _NAME.fullmatch(dataset) else None
+        try:
+            marker = self.store.cell_marker(model, dataset) if _NAME.fullmatch(dataset) else None
+        except CellError as exc:
+            raise GalleryMismatchError(str(exc)) from None
         if marker is None:
             own = [row["dataset"] for row, _ in list_galleries(self.store) if row["model"] == model]
             listed = ", ".join(own) if own else (
@@ -161,10 +181,15 @@ class Galleries:
 
     def problem(self, model: str, dataset: str, marker: dict) -> str | None:
         """Why the stored cell cannot be searched with the served model, or None when it can."""
+        if UNREADABLE in marker:
+            return marker[UNREADABLE]
         try:
             record = CellRecord.from_marker(marker, skipped=True)
         except CellError as exc:
             return str(exc)
+        fault = self._fault(record)
+        if fault is not None:
+            return fault
         spec = get(model)
         if record.dim != spec.dim:
             return (f"gallery {model}/{dataset} holds {record.dim}-d embeddings but {model} now gives "
@@ -179,6 +204,19 @@ class Galleries:
         served = "random weights" if self.random_init else f"weights {spec.weights_id}"
         return (f"gallery {model}/{dataset} was embedded with {embedded} but this service runs {model} "
                 f"with {served}; re-embed the gallery or serve the matching model")
+
+    def _fault(self, record: CellRecord) -> str | None:
+        """``verify_cell``'s verdict on the cell, kept per fingerprint (hashing is not per request)."""
+        key = (record.model, record.dataset)
+        kept = self._verified.get(key)
+        if kept is None or kept[0] != record.fingerprint:
+            try:
+                _verified(self.store, record, columns=[])
+                kept = (record.fingerprint, None)
+            except CellError as exc:
+                kept = (record.fingerprint, str(exc))
+            self._verified[key] = kept
+        return kept[1]
 
     async def index(self, model: str, dataset: str) -> GalleryIndex:
         """The kept index of (model, dataset), built on first use and after a re-embed."""

@@ -1,15 +1,82 @@
-"""Joining Ray: the one place the CLI, the flow and serve connect from."""
+"""Joining Ray: the one place the CLI, the flow and serve connect from.
+
+A cluster address that nothing answers on is refused within ``config.wait_seconds()`` (Ray itself
+retries its GCS for minutes), and a healthy run shows only reidray's lines: Ray's own logs (its
+INFO and WARNING lines, the workers' output) appear with ``--verbose``; they are always in the
+session's log folder.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import time
+
+from reidray.config import WAIT_ENV, wait_seconds
+from reidray.errors import ReidrayError
+
+# Ray's start-up notices (token authentication, "Started a local Ray instance", Ray Data's
+# progress-bar note) are not the user's concern on a healthy run.
+QUIET_LOGGERS = ("ray", "ray.data")
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, *, verbose: bool = False) -> None:
     """Start Ray locally, or join the cluster named by ``address`` / ``RAY_ADDRESS``."""
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=True)
+    address = check_address(address)
+    level = logging.INFO if verbose else logging.ERROR
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    try:
+        ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=verbose,
+                 logging_level=level)
+    except ConnectionError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReidrayError(f"cannot join the Ray cluster at {address}: {first}; check --address or RAY_ADDRESS, "
+                           "or leave both unset to run locally") from None
+    for name in QUIET_LOGGERS:  # ray.init sets its own levels
+        logging.getLogger(name).setLevel(level)
+
+
+def check_address(address: str | None) -> str | None:
+    """The cluster address to join (``address``, else $RAY_ADDRESS; None: start Ray locally), once
+    something answers there: cheap, so commands call it before any other work."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        wait_for_cluster(address, wait_seconds())
+    return address
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """The TCP endpoint of a cluster address (``host:port`` or ``ray://host:port``); None for
+    ``auto``, ``local`` and anything without a port, which Ray resolves itself."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def wait_for_cluster(address: str, seconds: float) -> None:
+    """Return once something accepts TCP connections at ``address``; after ``seconds`` of trying,
+    stop with the cause and the fix."""
+    endpoint = host_port(address)
+    if endpoint is None:
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(endpoint, timeout=max(0.5, min(5.0, seconds))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                reason = exc.strerror or type(exc).__name__
+                raise ReidrayError(
+                    f"no Ray cluster answers at {address} ({reason}; tried for {seconds:g} s): start one there "
+                    f"(`ray start --head`), fix --address / RAY_ADDRESS, or leave both unset to run locally; "
+                    f"{WAIT_ENV} sets how long to wait") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

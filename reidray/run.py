@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from reidray.config import JobConfig, ModelEntry, default_output, load_job
+from reidray.config import JobConfig, ModelEntry, check_names, default_output, load_job
 from reidray.errors import ReidrayError
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ AddressOpt = Annotated[
 RandomOpt = Annotated[
     bool, typer.Option("--random-init", help="Use random weights (tests, throughput). Outputs are labelled so.")
 ]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own log lines too.")]
+
+INTERRUPTED = "interrupted: complete cells are kept; rerun the same command to resume"
 
 
 def say(line: str) -> None:
@@ -56,8 +60,23 @@ def user_errors(command: Callable) -> Callable:
         except ReidrayError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _stop_ray()
+            typer.echo(INTERRUPTED, err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _stop_ray() -> None:
+    """Leave nothing running after Ctrl-C: the local Ray this process started goes with it."""
+    if "ray" in sys.modules:
+        import ray
+
+        try:
+            ray.shutdown()
+        except KeyboardInterrupt:  # a second Ctrl-C while stopping
+            pass
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -80,7 +99,11 @@ def build_job(job: str | None, data_root: str | None, out: str | None, models: l
         updates["datasets"] = _split(datasets)
     if random_init:
         updates["random_init"] = True
-    return config.model_copy(update=updates)
+    if not config.output.strip() or (out is not None and not out.strip()):
+        raise ReidrayError("the output root is empty; pass --out with a folder or a URI (default: out)")
+    config = config.model_copy(update=updates)
+    check_names(config)
+    return config
 
 
 def _open_store(root: str) -> Store:
@@ -94,23 +117,26 @@ def _open_store(root: str) -> Store:
     return store
 
 
-def _setup(job, data_root, out, models, datasets, random_init, address):
+def _setup(job, data_root, out, models, datasets, random_init, address, verbose):
     from reidray import flow
-    from reidray.connect import connect
+    from reidray.connect import check_address, connect
 
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
+    check_address(address)
     grid = flow.resolve_grid(config, store, say)
-    connect(address)
+    connect(address, verbose=verbose)
+    flow.check_placement(config, say)
     return flow, config, store, grid
 
 
 @app.command("all")
 @user_errors
 def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
-         datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False) -> None:
+         datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
+         verbose: VerboseOpt = False) -> None:
     """The whole flow: parse datasets, embed every cell, score it, write the report."""
-    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
+    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address, verbose)
     manifests = flow.prepare_manifests(grid, config, store, say)
     failures = flow.embed_and_score(grid, manifests, config, store, say)
     if config.report and store.list_files(store.results_dir(), ".parquet"):
@@ -121,9 +147,10 @@ def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mode
 @app.command()
 @user_errors
 def embed(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
-          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False) -> None:
+          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
+          verbose: VerboseOpt = False) -> None:
     """Embed every cell of the grid (complete cells are skipped)."""
-    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
+    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address, verbose)
     manifests = flow.prepare_manifests(grid, config, store, say)
     _finish(flow.embed_and_score(grid, manifests, config, store, say, score=False))
 
@@ -131,10 +158,18 @@ def embed(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
 @app.command()
 @user_errors
 def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
-          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False) -> None:
-    """Score every stored cell of the grid: one Ray task per cell."""
-    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
-    _finish(flow.score_stored(store, config, grid, say))
+          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
+          verbose: VerboseOpt = False) -> None:
+    """Score the stored cells (those of the models and datasets named, if any): one Ray task per cell."""
+    from reidray import flow
+    from reidray.connect import connect
+
+    config = build_job(job, data_root, out, models, datasets, random_init)
+    store = _open_store(config.output)
+    cells, failures = flow.stored_cells(store, config)
+    connect(address, verbose=verbose)
+    flow.check_placement(config, say)
+    _finish(failures + flow.score_stored(store, config, cells, say))
 
 
 @app.command()
@@ -157,6 +192,8 @@ def datasets_(data_root: DataOpt = None) -> None:
             say(name)
         say("pass --data-root to see which of these are there and check their counts")
         return
+    if not Path(data_root).expanduser().is_dir():
+        raise ReidrayError(f"data root {data_root} does not exist or is not a folder; pass the folder holding the datasets")
     for line in registry.summary_lines(data_root):
         say(line)
 

@@ -89,9 +89,11 @@ def stored_cell(store: Store, model: str, dataset: str, fp: str) -> CellRecord |
 
 
 def _quiet_ray_data() -> None:
-    """reidray reports each cell's progress itself: Ray Data's own bars and INFO lines only add noise."""
+    """reidray reports each cell's progress itself: Ray Data's own bars and INFO lines only add noise
+    (``reidray.connect`` quiets its warnings too, unless --verbose)."""
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logger = logging.getLogger("ray.data")
+    logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
 
 
 def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> ray.data.Dataset:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reidray.errors import ReidrayError
-from reidray.serve.settings import MB, TOKEN_ENV, check_exposure
+from reidray.serve.settings import MB, TOKEN_ENV, check_exposure, check_port, clean_token
 
 
 def serve_command(
@@ -39,9 +39,10 @@ def serve_command(
     from reidray.serve.app import APP_NAME, build_app
     from reidray.store import Store
 
-    token = token or os.environ.get(TOKEN_ENV) or None
+    token = clean_token(token or os.environ.get(TOKEN_ENV))
+    check_port(port)
     check_exposure(host, token)
-    store = Store.open(out)
+    store = Store.open(out, read_only=True)
     root = store.root if "://" in store.root else store.base  # replicas do not share our working directory
     args = {
         "out": root, "token": token, "random_init": random_init, "weights": {k: str(Path(v).expanduser().resolve())

@@ -16,9 +16,9 @@ import time
 from reidray.config import WAIT_ENV, wait_seconds
 from reidray.errors import ReidrayError
 
-# Ray's start-up notices (token authentication, "Started a local Ray instance", Ray Data's
-# progress-bar note) are not the user's concern on a healthy run.
-QUIET_LOGGERS = ("ray", "ray.data")
+_verbose = False  # what the last connect() was asked for; Ray Data's console follows it
+
+
 
 
 def connect(address: str | None, *, verbose: bool = False) -> None:
@@ -27,10 +27,11 @@ def connect(address: str | None, *, verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    global _verbose
+    _verbose = verbose
     address = check_address(address)
-    level = logging.INFO if verbose else logging.ERROR
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(level)
+    level = logging.INFO if verbose else logging.ERROR  # Ray's start-up notices: token auth, "Started..."
+    logging.getLogger("ray").setLevel(level)
     try:
         ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=verbose,
                  logging_level=level)
@@ -38,8 +39,27 @@ def connect(address: str | None, *, verbose: bool = False) -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ReidrayError(f"cannot join the Ray cluster at {address}: {first}; check --address or RAY_ADDRESS, "
                            "or leave both unset to run locally") from None
-    for name in QUIET_LOGGERS:  # ray.init sets its own levels
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger("ray").setLevel(level)  # ray.init sets its own
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's console lines at ERROR only, unless --verbose; its log file (ray-data.log in the
+    session's log folder) keeps everything. Call after ``ray.data`` is imported (it sets its handlers)."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.INFO if _verbose else logging.ERROR)
+
+
+def disconnect() -> None:
+    """Stop this process's Ray (the local instance it started goes with it), for good: a Ray Data
+    thread still running must not start a fresh instance behind our back (Ray's auto-init)."""
+    import ray
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = False
+    ray.shutdown()
 
 
 def check_address(address: str | None) -> str | None:

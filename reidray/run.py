@@ -7,7 +7,10 @@ dataset names, the Ray address); options given on the command line override the 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -55,28 +58,49 @@ def user_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        interrupts = _watch_sigint()
         try:
             return command(*args, **kwargs)
-        except ReidrayError as exc:
+        except KeyboardInterrupt:
+            _interrupted()
+        except Exception as exc:
+            if interrupts:  # Ctrl-C during Ray's start-up surfaces as Ray's own time-out or error
+                _interrupted()
+            if not isinstance(exc, ReidrayError):
+                raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            _stop_ray()
-            typer.echo(INTERRUPTED, err=True)
-            raise typer.Exit(130) from None
 
     return wrapper
 
 
-def _stop_ray() -> None:
-    """Leave nothing running after Ctrl-C: the local Ray this process started goes with it."""
-    if "ray" in sys.modules:
-        import ray
+def _watch_sigint() -> list[int]:
+    """Record each Ctrl-C (then raise KeyboardInterrupt as Python does), so that an interruption
+    Ray turns into another error is still reported as one."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return seen
 
-        try:
-            ray.shutdown()
-        except KeyboardInterrupt:  # a second Ctrl-C while stopping
-            pass
+    def on_sigint(signum: int, frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return seen
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line and exit 130. With Ray running, the process ends at once (``os._exit``):
+    Ray Data's threads touch Ray's worker while ``ray.shutdown`` runs, which makes Ray end the
+    process itself (status 1, a traceback); a local Ray instance is bound to this process and stops
+    with it, a cluster drops this driver's tasks and actors. Cells are complete only once their
+    ``cell.json`` is written, so nothing half-done is ever taken for done."""
+    typer.echo(INTERRUPTED, err=True)
+    if "ray" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    raise typer.Exit(130)
 
 
 def _split(values: list[str] | None) -> list[str]:

@@ -155,7 +155,7 @@ def test_ctrl_c_stops_everything_with_one_line(tmp_path, command, ready):
         if ready is None:  # serve: interrupt once its Ray is up, while Serve starts
             while not _ray_processes(temp_dir) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            time.sleep(3)
+            time.sleep(5)
         else:
             for line in proc.stdout:
                 if ready in line or time.monotonic() > deadline:

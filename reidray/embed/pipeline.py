@@ -11,7 +11,6 @@ a crash ends with exactly one row per image.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -89,11 +88,12 @@ def stored_cell(store: Store, model: str, dataset: str, fp: str) -> CellRecord |
 
 
 def _quiet_ray_data() -> None:
-    """reidray reports each cell's progress itself: Ray Data's own bars and INFO lines only add noise
-    (``reidray.connect`` quiets its warnings too, unless --verbose)."""
+    """reidray reports each cell's progress itself: Ray Data's own bars and console lines only add
+    noise (they stay in its log file; --verbose shows them)."""
+    from reidray.connect import quiet_ray_data
+
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logger = logging.getLogger("ray.data")
-    logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    quiet_ray_data()
 
 
 def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> ray.data.Dataset:

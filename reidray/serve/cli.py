@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -50,6 +51,7 @@ def serve_command(
         "max_upload_bytes": int(max_upload_mb * MB), "max_models_per_replica": max_models, "num_gpus": num_gpus,
     }
     connect(address)  # before build_app, which looks for GPUs in the cluster
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up INFO lines; our line says it
     application = build_app(args)
     serve.start(http_options={"host": host, "port": port})
     try:

@@ -43,13 +43,24 @@ def connect(address: str | None, *, verbose: bool = False) -> None:
 
 
 def quiet_ray_data() -> None:
-    """Ray Data's console lines at ERROR only, unless --verbose; its log file (ray-data.log in the
-    session's log folder) keeps everything. Call after ``ray.data`` is imported (it sets its handlers)."""
+    """Ray Data's console lines off, unless --verbose; its log file (ray-data.log in the session's
+    log folder) keeps everything. Call after ``ray.data`` is imported (it sets its handlers)."""
     import ray.data  # noqa: F401  (configures the "ray.data" logger)
 
     for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.INFO if _verbose else logging.ERROR)
+        if not isinstance(handler, logging.FileHandler):  # reidray names each failed cell itself
+            handler.setLevel(logging.INFO if _verbose else logging.CRITICAL)
+
+
+def ray_logs_hint() -> str:
+    """Where Ray's own traces of a failure are, for the end of a one-line message."""
+    import ray
+
+    try:
+        logs = ray._private.worker._global_node.get_logs_dir_path()  # no public API names it
+    except AttributeError:
+        return ""
+    return f" (Ray's trace: {logs}/ray-data.log)"
 
 
 def disconnect() -> None:

@@ -6,6 +6,7 @@ dataset names, the Ray address); options given on the command line override the 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from reidray.config import JobConfig, ModelEntry, check_names, default_output, load_job
-from reidray.errors import ReidrayError
+from reidray.errors import ReidrayError, one_line
 
 if TYPE_CHECKING:
     from reidray.store import Store
@@ -66,6 +67,8 @@ def user_errors(command: Callable) -> Callable:
         except Exception as exc:
             if interrupts:  # Ctrl-C during Ray's start-up surfaces as Ray's own time-out or error
                 _interrupted()
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                exc = ReidrayError(one_line(exc))
             if not isinstance(exc, ReidrayError):
                 raise
             typer.echo(f"error: {exc}", err=True)

@@ -174,3 +174,31 @@ def test_ctrl_c_stops_everything_with_one_line(tmp_path, command, ready):
     assert seconds < 60, seconds
     time.sleep(5)  # what Ray stops, it stops asynchronously
     assert _ray_processes(temp_dir) == []
+
+
+# --- disk full ------------------------------------------------------------------------------------
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 200 KB tmpfs: room for the manifest, not for the embeddings (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_cell_in_one_line_naming_the_cause(tmp_path, full_disk):
+    from reidray.datasets.synth import generate
+
+    generate(tmp_path / "data", n_ids=30)
+    rc, out, err, _ = cli("embed", "--data-root", str(tmp_path / "data"), "--out", str(full_disk / "out"),
+                          "-m", "handcrafted", "-d", "reidray-synth", env={"RAY_ADDRESS": ""})
+    assert rc == 1, out + err
+    assert "Traceback" not in out + err
+    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "No space left on device" in failed[0] and "the disk is full" in failed[0]
+    assert "ray-data.log" in failed[0]  # where Ray's own trace is
+    assert not (full_disk / "out" / "embeddings" / "handcrafted" / "reidray-synth" / "cell.json").exists()

@@ -17,7 +17,8 @@ from reidray.cells import CellRecord
 from reidray.config import JobConfig
 from reidray.embed.pipeline import decoded_images, embed_cell, is_complete
 from reidray.embed.progress import finished_line
-from reidray.errors import ReidrayError, user_error
+from reidray.connect import ray_logs_hint
+from reidray.errors import ReidrayError, one_line, user_error
 from reidray.models import get
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, manifest_hash
@@ -65,7 +66,7 @@ def embed_dataset(store: Store, dataset: str, manifest: pa.Table, models: list[s
                 decoded = decoded_images(manifest, todo[0], job.embed).materialize()
             except Exception as exc:  # a bad image fails every cell that needed it
                 for model in todo:
-                    failures.append(f"cell {model}/{dataset}: {user_error(exc) or exc}")
+                    failures.append(f"cell {model}/{dataset}: {user_error(exc) or one_line(exc) + ray_logs_hint()}")
                     say(f"FAILED {failures[-1]}")
                 continue
         for model in group:

@@ -26,7 +26,8 @@ from reidray.config import EmbedSettings, resolve_precision
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
-from reidray.errors import CellError, user_error
+from reidray.connect import ray_logs_hint
+from reidray.errors import CellError, one_line, user_error
 from reidray.models import get
 from reidray.models.preprocess import resize_key
 from reidray.store import Store, fingerprint, manifest_hash
@@ -166,9 +167,9 @@ def embed_cell(
         steady, busy = ray.get([tracker.steady_rate.remote(), tracker.busy_fraction.remote()])
     finally:
         ray.kill(tracker)
-    if failure:  # Ray wraps the worker's exception; surface ours with the cell named
+    if failure:  # Ray wraps the worker's exception; surface ours with the cell named, in one line
         cause = user_error(failure[0])
-        raise CellError(f"cell {model}/{dataset}: {cause or failure[0]}") from failure[0]
+        raise CellError(f"cell {model}/{dataset}: {cause or one_line(failure[0]) + ray_logs_hint()}") from failure[0]
     seconds = time.perf_counter() - start
 
     written = store.read_cell(model, dataset)

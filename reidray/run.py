@@ -59,7 +59,7 @@ def user_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        interrupts = _watch_sigint()
+        interrupts, previous = _watch_sigint()
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
@@ -73,23 +73,26 @@ def user_errors(command: Callable) -> Callable:
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     return wrapper
 
 
-def _watch_sigint() -> list[int]:
+def _watch_sigint() -> tuple[list[int], object]:
     """Record each Ctrl-C (then raise KeyboardInterrupt as Python does), so that an interruption
-    Ray turns into another error is still reported as one."""
+    Ray turns into another error is still reported as one; returns the record and the handler
+    to put back (None off the main thread, where signals cannot be handled)."""
     seen: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        return seen
+        return seen, None
 
     def on_sigint(signum: int, frame: object) -> None:
         seen.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_sigint)
-    return seen
+    return seen, signal.signal(signal.SIGINT, on_sigint)
 
 
 def _interrupted() -> None:

@@ -55,7 +55,8 @@ def resolve_grid(job: JobConfig, store: Store, say: Say) -> Grid:
     names = requested or [m for m in models.MODELS if models.get(m).paradigm != "control"]
     if not requested:
         controls = [m for m in models.MODELS if models.get(m).paradigm == "control"]
-        say(f"left out: {', '.join(controls)} (chance-level controls; name one with -m to run it)")
+        say(f"left out: {', '.join(controls)} (the chance-level control{'s' if len(controls) > 1 else ''}: "
+            "a floor to compare with, not a result; name it with -m to run it)")
     runnable, skipped = [], []
     for name in names:
         if job.random_init or not models.get(name).needs_weights:

@@ -202,3 +202,22 @@ def test_a_full_disk_fails_the_cell_in_one_line_naming_the_cause(tmp_path, full_
     assert len(failed) == 1 and "No space left on device" in failed[0] and "the disk is full" in failed[0]
     assert "ray-data.log" in failed[0]  # where Ray's own trace is
     assert not (full_disk / "out" / "embeddings" / "handcrafted" / "reidray-synth" / "cell.json").exists()
+
+
+# --- quiet by default -----------------------------------------------------------------------------
+def test_the_default_grid_says_what_it_leaves_out_in_short_lines(tmp_path):
+    from reidray import flow
+    from reidray.config import JobConfig
+    from reidray.datasets.synth import generate
+    from reidray.store import Store
+
+    generate(tmp_path / "data", n_ids=2, n_cams=2)
+    lines: list[str] = []
+    grid = flow.resolve_grid(JobConfig(output=str(tmp_path / "out"), data_root=str(tmp_path / "data")),
+                             Store.open(str(tmp_path / "out")), lines.append)
+    assert "random" not in grid.models and "handcrafted" in grid.models
+    assert any(line.startswith("left out: random (the chance-level control") for line in lines), lines
+    skips = [line for line in lines if line.startswith("skip ")]
+    assert all(line.endswith(": no weights on this machine") for line in skips), skips
+    assert sum(line == flow.WEIGHTS_POINTER for line in lines) == (1 if skips else 0)
+    assert "`python -m reidray.run weights`" in flow.WEIGHTS_POINTER

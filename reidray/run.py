@@ -55,7 +55,8 @@ def say(line: str) -> None:
 
 
 def user_errors(command: Callable) -> Callable:
-    """Print a reidray error as one line and exit 2, instead of a traceback."""
+    """Print a reidray error (or a full disk) as one line and exit 2, instead of a traceback; Ctrl-C
+    as one line and exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -129,9 +130,9 @@ def build_job(job: str | None, data_root: str | None, out: str | None, models: l
         updates["datasets"] = _split(datasets)
     if random_init:
         updates["random_init"] = True
-    if not config.output.strip() or (out is not None and not out.strip()):
-        raise ReidrayError("the output root is empty; pass --out with a folder or a URI (default: out)")
     config = config.model_copy(update=updates)
+    if not config.output.strip():
+        raise ReidrayError("the output root is empty; pass --out with a folder or a URI (default: out)")
     check_names(config)
     return config
 
@@ -208,7 +209,7 @@ def report(out: OutOpt = None) -> None:
     """Tables of every stored result (Markdown), printed and written under <out>/report/."""
     from reidray import flow
 
-    flow.write_report(_open_store(out or default_output()), say)
+    flow.write_report(_open_store(default_output() if out is None else out), say)
 
 
 @app.command("datasets")

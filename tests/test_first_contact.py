@@ -99,6 +99,7 @@ def test_a_bad_job_file_is_one_line(tmp_path, text, words):
     (["serve", "--port", "-1"], ["port -1", "between 1 and 65535"]),
     (["serve", "--host", "0.0.0.0", "--token", "   "], ["without a bearer token", "--token"]),
     (["all", "--out", ""], ["output root is empty", "--out"]),
+    (["report", "--out", ""], ["output root is empty", "--out"]),
     (["report", "--out", " "], ["output root is empty", "--out"]),
 ])
 def test_bad_options_are_one_line(tmp_path, args, words):

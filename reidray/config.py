@@ -80,6 +80,16 @@ class ScoreSettings(BaseModel):
     num_gpus: float = Field(default=0, ge=0, description="per score task; > 0 ranks on the GPU")
 
 
+class SyntheticSettings(BaseModel):
+    """The size of the built-in reidray-synth dataset: ``datasets.synth.generate``'s size options."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_ids: int = Field(default=100, ge=2, description="test identities (query and gallery)")
+    n_cams: int = Field(default=6, ge=2, description="cameras")
+    n_train_ids: int | None = Field(default=None, ge=0, description="train identities; null: n_ids // 2")
+    seed: int = Field(default=0, description="the drawing's seed")
+
+
 class JobConfig(BaseModel):
     """A whole run: what to evaluate, where the data is, where results go."""
 
@@ -91,7 +101,7 @@ class JobConfig(BaseModel):
     datasets: list[str] = Field(default_factory=list)
     dataset_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     random_init: bool = False
-    synthetic: dict[str, int] = Field(default_factory=dict, description="generate() size options")
+    synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
     report: Literal[True, False] = True
@@ -127,15 +137,47 @@ def load_job(path: str | Path) -> JobConfig:
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "cannot be parsed"
+        raise ReidrayError(f"job file {path}, line {line}: not valid YAML ({problem})") from None
     except yaml.YAMLError as exc:
-        raise ReidrayError(f"job file {path} is not valid YAML: {exc}") from exc
+        raise ReidrayError(f"job file {path}: not valid YAML ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise ReidrayError(f"job file {path}: the top level must be a mapping of settings")
     try:
-        return JobConfig.model_validate(data)
+        job = JobConfig.model_validate(data)
     except ValidationError as exc:
         loc, problem = first_problem(exc)
-        raise ReidrayError(f"job file {path}, line {_line_of(node, loc)}: {problem}") from exc
+        raise ReidrayError(f"job file {path}, line {_line_of(node, loc)}: {problem}") from None
+    problems = unknown_names(job)
+    if problems:
+        loc, problem = problems[0]
+        raise ReidrayError(f"job file {path}, line {_line_of(node, loc)}: {problem}")
+    return job
+
+
+def unknown_names(job: JobConfig) -> list[tuple[tuple, str]]:
+    """Every model or dataset name of ``job`` that is not registered, as (its location, the message)."""
+    from reidray.datasets.registry import get as get_dataset
+    from reidray.models.registry import get as get_model
+
+    problems = []
+    for key, names, get in (("models", [e.name for e in job.models], get_model), ("datasets", job.datasets, get_dataset)):
+        for index, name in enumerate(names):
+            try:
+                get(name)
+            except ReidrayError as exc:
+                problems.append(((key, index), str(exc)))
+    return problems
+
+
+def check_names(job: JobConfig) -> None:
+    """Refuse unknown model or dataset names before any work starts (command-line names)."""
+    problems = unknown_names(job)
+    if problems:
+        raise ReidrayError(problems[0][1])
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int:
@@ -154,6 +196,20 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int:
         else:
             break
     return line
+
+
+WAIT_ENV = "REIDRAY_WAIT_SECONDS"
+
+
+def wait_seconds() -> float:
+    """How long reidray waits for something outside it (a Ray cluster, a node that fits) before it
+    stops and says why: $REIDRAY_WAIT_SECONDS, default 60."""
+    value = os.environ.get(WAIT_ENV, "60")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ReidrayError(f"{WAIT_ENV}={value!r} is not a number of seconds") from None
+    return max(seconds, 0.0)
 
 
 def default_output() -> str:

@@ -1,24 +1,116 @@
-"""Joining Ray: the one place the CLI, the flow and serve connect from."""
+"""Joining Ray: the one place the CLI, the flow and serve connect from.
+
+A cluster address that nothing answers on is refused within ``config.wait_seconds()`` (Ray itself
+retries its GCS for minutes), and a healthy run shows only reidray's lines: Ray's own logs (its
+INFO and WARNING lines, the workers' output) appear with ``--verbose``; they are always in the
+session's log folder.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 
+from reidray.config import WAIT_ENV, wait_seconds
 from reidray.errors import ReidrayError
 
+_verbose = False  # what the last connect() was asked for; Ray Data's console follows it
 _GAVE_UP: set[frozenset] = set()  # resource shapes this process already waited for in vain
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, *, verbose: bool = False) -> None:
     """Start Ray locally, or join the cluster named by ``address`` / ``RAY_ADDRESS``."""
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=True)
+    global _verbose
+    _verbose = verbose
+    address = check_address(address)
+    level = logging.INFO if verbose else logging.ERROR  # Ray's start-up notices: token auth, "Started..."
+    logging.getLogger("ray").setLevel(level)
+    try:
+        ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=verbose,
+                 logging_level=level)
+    except ConnectionError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReidrayError(f"cannot join the Ray cluster at {address}: {first}; check --address or RAY_ADDRESS, "
+                           "or leave both unset to run locally") from None
+    logging.getLogger("ray").setLevel(level)  # ray.init sets its own
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's console lines off, unless --verbose; its log file (ray-data.log in the session's
+    log folder) keeps everything. Call after ``ray.data`` is imported (it sets its handlers)."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):  # reidray names each failed cell itself
+            handler.setLevel(logging.INFO if _verbose else logging.CRITICAL)
+
+
+def ray_logs_hint() -> str:
+    """Where Ray's own traces of a failure are, for the end of a one-line message."""
+    import ray
+
+    try:
+        logs = ray._private.worker._global_node.get_logs_dir_path()  # no public API names it
+    except AttributeError:
+        return ""
+    return f" (Ray's trace: {logs}/ray-data.log)"
+
+
+def disconnect() -> None:
+    """Stop this process's Ray (the local instance it started goes with it), for good: a Ray Data
+    thread still running must not start a fresh instance behind our back (Ray's auto-init)."""
+    import ray
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = False
+    ray.shutdown()
+
+
+def check_address(address: str | None) -> str | None:
+    """The cluster address to join (``address``, else $RAY_ADDRESS; None: start Ray locally), once
+    something answers there: cheap, so commands call it before any other work."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        wait_for_cluster(address, wait_seconds())
+    return address
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """The TCP endpoint of a cluster address (``host:port`` or ``ray://host:port``); None for
+    ``auto``, ``local`` and anything without a port, which Ray resolves itself."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def wait_for_cluster(address: str, seconds: float) -> None:
+    """Return once something accepts TCP connections at ``address``; after ``seconds`` of trying,
+    stop with the cause and the fix."""
+    endpoint = host_port(address)
+    if endpoint is None:
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(endpoint, timeout=max(0.5, min(5.0, seconds))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                reason = exc.strerror or type(exc).__name__
+                raise ReidrayError(
+                    f"no Ray cluster answers at {address} ({reason}; tried for {seconds:g} s): start one there "
+                    f"(`ray start --head`), fix --address / RAY_ADDRESS, or leave both unset to run locally; "
+                    f"{WAIT_ENV} sets how long to wait") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def wait_for_resources(wanted: dict[str, float], *, what: str, fix: str, timeout_s: float,

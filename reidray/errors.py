@@ -7,6 +7,7 @@ and exits with status 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -68,3 +69,24 @@ def user_error(exc: BaseException) -> ReidrayError | None:
             return error
         current = getattr(current, "cause", None) or current.__cause__ or current.__context__
     return None
+
+
+def one_line(exc: BaseException) -> str:
+    """An unexpected failure as one line for the user: the innermost cause's own last line (a Ray
+    task error's text is the remote traceback), with the fix when the disk is full. The full
+    trace stays in Ray's logs."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # not the filename's repr
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else type(exc).__name__
+    if not line.startswith(type(exc).__name__):
+        line = f"{type(exc).__name__}: {line}"
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in line:
+        line += "; the disk is full: free space under the output root or pass --out on a larger disk"
+    return line

@@ -6,18 +6,24 @@ Each stage reads what the previous one stored, so each can run alone and be resu
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from reidray import datasets, models
 from reidray.cells import PATH, CellRecord
-from reidray.config import SYNTHETIC, JobConfig
+from reidray.config import SYNTHETIC, WAIT_ENV, JobConfig, wait_seconds
 from reidray.errors import ReidrayError
-from reidray.store import Store
+from reidray.store import CELL_MARKER, Store
+
+if TYPE_CHECKING:
+    from reidray.score.graph import ScoreGraph
 
 Say = Callable[[str], None]
 
@@ -39,13 +45,18 @@ def synthetic_root(store: Store) -> Path:
     return Path(store.base) / "data"
 
 
+WEIGHTS_POINTER = "missing weights: `python -m reidray.run weights` says where each model's go and fetches them"
+
+
 def resolve_grid(job: JobConfig, store: Store, say: Say) -> Grid:
     """Pick datasets and models: what was asked for, or everything that can run here."""
     chosen_datasets, uploaded = _resolve_datasets(job, store, say)
     requested = [entry.name for entry in job.models]
-    for name in requested:
-        models.get(name)  # unknown names fail before any work
     names = requested or [m for m in models.MODELS if models.get(m).paradigm != "control"]
+    if not requested:
+        controls = [m for m in models.MODELS if models.get(m).paradigm == "control"]
+        say(f"left out: {', '.join(controls)} (the chance-level control{'s' if len(controls) > 1 else ''}: "
+            "a floor to compare with, not a result; name it with -m to run it)")
     runnable, skipped = [], []
     for name in names:
         if job.random_init or not models.get(name).needs_weights:
@@ -55,12 +66,19 @@ def resolve_grid(job: JobConfig, store: Store, say: Say) -> Grid:
         if available:
             runnable.append(name)
         else:
-            skipped.append(f"skip {name}: {where}")
+            skipped.append(_skip_line(name, where, explicit=job.weights_for(name) is not None))
     for line in skipped:
         say(line)
+    if skipped:
+        say(WEIGHTS_POINTER)
     if not runnable:
         raise ReidrayError("no model can run: every requested model lacks weights (see the lines above)")
     return Grid(models=runnable, datasets=chosen_datasets, skipped=skipped, uploaded=uploaded)
+
+
+def _skip_line(name: str, where: str, explicit: bool) -> str:
+    """One short line per model left out for want of weights (the job's own file is named in full)."""
+    return f"skip {name}: {where}" if explicit else f"skip {name}: no weights on this machine"
 
 
 def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
@@ -76,7 +94,7 @@ def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> tuple[dict[str,
         if name == SYNTHETIC and SYNTHETIC not in found:
             root = Path(job.data_root) if job.data_root else synthetic_root(store)
             say(f"synthetic dataset {SYNTHETIC}: generating (or reusing) under {root}")
-            local = datasets.synth.generate(root, **job.synthetic)
+            local = datasets.synth.generate(root, **job.synthetic.model_dump())
             chosen[name] = root
             if "://" in store.root:  # workers on other nodes cannot see this machine's disk
                 uploaded[name] = (str(local), _upload(store, local, say))
@@ -118,14 +136,22 @@ def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dic
     return manifests
 
 
-def _score_graph(store: Store, job: JobConfig, say: Say):
-    """The score stage's task graph, after saying whether its tasks fit any node."""
-    from reidray.score.graph import ScoreGraph, placement_warning
+def check_placement(job: JobConfig, say: Say) -> None:
+    """Refuse score tasks no node can hold, after waiting up to ``wait_seconds()`` for one that can
+    (an autoscaler adding it), instead of letting them wait forever."""
+    from reidray.score.graph import placement_warning
 
     warning = placement_warning(job.score)
-    if warning:
-        say(f"warning: {warning}")
-    return ScoreGraph(store, job.score)
+    if warning is None:
+        return
+    limit = wait_seconds()
+    say(f"waiting up to {limit:g} s for a node: {warning}")
+    deadline = time.monotonic() + limit
+    while warning is not None and time.monotonic() < deadline:
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        warning = placement_warning(job.score)
+    if warning is not None:
+        raise ReidrayError(f"{warning}; or set {WAIT_ENV} to wait longer for an autoscaler")
 
 
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
@@ -134,49 +160,88 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
     start its score task; returns the failures."""
     from reidray.embed.dataset import embed_dataset
 
-    graph = _score_graph(store, job, say)
+    from reidray.score.graph import ScoreGraph
+
+    graph = ScoreGraph(store, job.score)
     failures: list[str] = []
     for dataset, manifest in manifests.items():
         protocol = datasets.get(dataset).protocol
 
         def on_cell(cell: CellRecord) -> None:
-            if score:
-                graph.submit(cell, protocol)
-                graph.collect()
+            if not score:
+                return
+            if cell.skipped and results_current(store, cell):  # never after --redo: the cell was redone
+                say(f"score {cell.name}: results current already, skipped")
+                return
+            graph.submit(cell, protocol)
+            graph.collect()
 
         failures += embed_dataset(store, dataset, manifest, grid.models, job, say, on_cell, redo)
+    return failures + _collect(graph, say)
+
+
+def results_current(store: Store, cell: CellRecord) -> bool:
+    """Whether the cell's stored results were scored from embeddings with this fingerprint (the
+    caller also asks that this run found the cell complete rather than redoing it)."""
+    path = store.result_path(cell.model, cell.dataset)
+    if not store.exists(path):
+        return False
+    try:
+        stored = store.read_table(path, columns=["fingerprint"]).column("fingerprint").unique().to_pylist()
+    except (OSError, pa.ArrowException, KeyError):
+        return False
+    return stored == [cell.fingerprint]
+
+
+def _collect(graph: ScoreGraph, say: Say) -> list[str]:
+    """Wait for every score task; one line per cell scored and per failure."""
     graph.collect(wait=True)
-    for line in graph.failures:
-        say(f"FAILED {line}")
     for model, dataset in graph.done:
         say(f"score {model}/{dataset}: stored")
-    return failures + graph.failures
-
-
-def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say, redo: bool = False) -> list[str]:
-    """Score every complete stored cell of the grid (the `score` command); ``redo`` drops each
-    cell's results first. The score tasks verify each cell before ranking it."""
-    graph = _score_graph(store, job, say)
-    failures = []
-    for model in grid.models:
-        for dataset in grid.datasets:
-            if redo:
-                store.drop_results(model, dataset)
-            try:
-                cell = store.cell_record(model, dataset)
-            except ReidrayError as exc:
-                failures.append(str(exc))
-                store.drop_results(model, dataset)
-                continue
-            if cell is None:
-                failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
-                store.drop_results(model, dataset)
-                continue
-            graph.submit(cell, datasets.get(dataset).protocol)
-    graph.collect(wait=True)
-    for line in failures + graph.failures:
+    for line in graph.failures:
         say(f"FAILED {line}")
-    return failures + graph.failures
+    return graph.failures
+
+
+def stored_cells(store: Store, job: JobConfig) -> tuple[list[CellRecord], list[str]]:
+    """The stored cells to score: every cell with a record, narrowed to the models and datasets the
+    job names; and a failure line for each named pair (model and dataset both named) not stored."""
+    selector = pafs.FileSelector(store.path("embeddings"), recursive=True, allow_not_found=True)
+    found = {tuple(info.path.rsplit("/", 3)[1:3]) for info in store.fs.get_file_info(selector)
+             if info.base_name == CELL_MARKER}
+    if not found:
+        raise ReidrayError(f"nothing embedded yet; run `embed` or `all` (output root {store.root})")
+    want_models = [entry.name for entry in job.models]
+    cells, failures = [], []
+    for model, dataset in sorted(found):
+        if (want_models and model not in want_models) or (job.datasets and dataset not in job.datasets):
+            continue
+        try:
+            cells.append(store.cell_record(model, dataset))
+        except ReidrayError as exc:  # unreadable or incomplete: its old results describe nothing stored
+            failures.append(str(exc))
+            store.drop_results(model, dataset)
+    for model in want_models:
+        for dataset in job.datasets:
+            if (model, dataset) not in found:
+                failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
+    if not cells and not failures:
+        raise ReidrayError(f"no stored cell of the models and datasets named under {store.root}; "
+                           f"stored: {', '.join(f'{m}/{d}' for m, d in sorted(found))}")
+    return cells, failures
+
+
+def score_stored(store: Store, job: JobConfig, cells: list[CellRecord], say: Say, redo: bool = False) -> list[str]:
+    """Score the given stored cells (the `score` command), whether or not results exist already;
+    ``redo`` drops each cell's results first. The score tasks verify each cell before ranking it."""
+    from reidray.score.graph import ScoreGraph
+
+    graph = ScoreGraph(store, job.score)
+    for cell in cells:
+        if redo:
+            store.drop_results(cell.model, cell.dataset)
+        graph.submit(cell, datasets.get(cell.dataset).protocol)
+    return _collect(graph, say)
 
 
 def write_report(store: Store, say: Say, missing_ok: bool = False) -> str:

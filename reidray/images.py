@@ -15,7 +15,8 @@ from PIL import Image, UnidentifiedImageError
 
 from reidray.errors import ImageDecodeError, ImageTooLargeError
 
-# ~40 MP: far beyond any person crop, far below what would exhaust a worker's memory.
+# ~40 MP: far beyond any person crop, far below what would exhaust a worker's memory (serve's
+# uploads have their own, lower limit: reidray.serve.settings.MAX_IMAGE_PIXELS).
 MAX_PIXELS = 40_000_000
 
 
@@ -31,6 +32,9 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         return image.convert("RGB")
     except ImageTooLargeError:
         raise
+    except Image.DecompressionBombError:  # PIL's own ceiling, met at open, before our header check
+        raise ImageTooLargeError(f"image exceeds the limit of {max_pixels:,} pixels (PIL refuses it as a "
+                                 "decompression bomb)") from None
     except MemoryError:
         raise
     except UnidentifiedImageError:

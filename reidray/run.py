@@ -6,15 +6,20 @@ dataset names, the Ray address); options given on the command line override the 
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import signal
 import sys
+import threading
+from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from reidray.config import JobConfig, ModelEntry, default_output, load_job
-from reidray.errors import ReidrayError
+from reidray.config import JobConfig, ModelEntry, check_names, default_output, load_job
+from reidray.errors import ReidrayError, one_line
 
 if TYPE_CHECKING:
     from reidray.store import Store
@@ -42,6 +47,9 @@ RedoOpt = Annotated[bool, typer.Option(
 RandomOpt = Annotated[
     bool, typer.Option("--random-init", help="Use random weights (tests, throughput). Outputs are labelled so.")
 ]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own log lines too.")]
+
+INTERRUPTED = "interrupted: complete cells are kept; rerun the same command to resume"
 
 
 def say(line: str) -> None:
@@ -49,17 +57,59 @@ def say(line: str) -> None:
 
 
 def user_errors(command: Callable) -> Callable:
-    """Print a reidray error as one line and exit 2, instead of a traceback."""
+    """Print a reidray error (or a full disk) as one line and exit 2, instead of a traceback; Ctrl-C
+    as one line and exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        interrupts, previous = _watch_sigint()
         try:
             return command(*args, **kwargs)
-        except ReidrayError as exc:
+        except KeyboardInterrupt:
+            _interrupted()
+        except Exception as exc:
+            if interrupts:  # Ctrl-C during Ray's start-up surfaces as Ray's own time-out or error
+                _interrupted()
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                exc = ReidrayError(one_line(exc))
+            if not isinstance(exc, ReidrayError):
+                raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     return wrapper
+
+
+def _watch_sigint() -> tuple[list[int], object]:
+    """Record each Ctrl-C (then raise KeyboardInterrupt as Python does), so that an interruption
+    Ray turns into another error is still reported as one; returns the record and the handler
+    to put back (None off the main thread, where signals cannot be handled)."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return seen, None
+
+    def on_sigint(signum: int, frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    return seen, signal.signal(signal.SIGINT, on_sigint)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line and exit 130. With Ray running, the process ends at once (``os._exit``):
+    Ray Data's threads touch Ray's worker while ``ray.shutdown`` runs, which makes Ray end the
+    process itself (status 1, a traceback); a local Ray instance is bound to this process and stops
+    with it, a cluster drops this driver's tasks and actors. Cells are complete only once their
+    ``cell.json`` is written, so nothing half-done is ever taken for done."""
+    typer.echo(INTERRUPTED, err=True)
+    if "ray" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    raise typer.Exit(130)
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -82,7 +132,11 @@ def build_job(job: str | None, data_root: str | None, out: str | None, models: l
         updates["datasets"] = _split(datasets)
     if random_init:
         updates["random_init"] = True
-    return config.model_copy(update=updates)
+    config = config.model_copy(update=updates)
+    if not config.output.strip():
+        raise ReidrayError("the output root is empty; pass --out with a folder or a URI (default: out)")
+    check_names(config)
+    return config
 
 
 def _open_store(root: str) -> Store:
@@ -96,14 +150,16 @@ def _open_store(root: str) -> Store:
     return store
 
 
-def _setup(job, data_root, out, models, datasets, random_init, address):
+def _setup(job, data_root, out, models, datasets, random_init, address, verbose):
     from reidray import flow
-    from reidray.connect import connect
+    from reidray.connect import check_address, connect
 
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
+    check_address(address)
     grid = flow.resolve_grid(config, store, say)
-    connect(address)
+    connect(address, verbose=verbose)
+    flow.check_placement(config, say)
     return flow, config, store, grid
 
 
@@ -111,9 +167,9 @@ def _setup(job, data_root, out, models, datasets, random_init, address):
 @user_errors
 def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
          datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
-         redo: RedoOpt = False) -> None:
+         verbose: VerboseOpt = False, redo: RedoOpt = False) -> None:
     """The whole flow: parse datasets, embed every cell, score it, write the report."""
-    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
+    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address, verbose)
     manifests = flow.prepare_manifests(grid, config, store, say)
     failures = flow.embed_and_score(grid, manifests, config, store, say, redo=redo)
     if config.report:
@@ -125,9 +181,9 @@ def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mode
 @user_errors
 def embed(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
           datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
-          redo: RedoOpt = False) -> None:
+          verbose: VerboseOpt = False, redo: RedoOpt = False) -> None:
     """Embed every cell of the grid (complete, verified cells are skipped unless --redo)."""
-    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
+    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address, verbose)
     manifests = flow.prepare_manifests(grid, config, store, say)
     _finish(flow.embed_and_score(grid, manifests, config, store, say, score=False, redo=redo))
 
@@ -136,10 +192,18 @@ def embed(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
 @user_errors
 def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, models: ModelsOpt = None,
           datasets: DatasetsOpt = None, address: AddressOpt = None, random_init: RandomOpt = False,
-          redo: RedoOpt = False) -> None:
-    """Score every stored cell of the grid: one Ray task per cell (--redo: drop its results first)."""
-    flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address)
-    _finish(flow.score_stored(store, config, grid, say, redo=redo))
+          verbose: VerboseOpt = False, redo: RedoOpt = False) -> None:
+    """Score the stored cells (those of the models and datasets named, if any): one Ray task per cell
+    (--redo: drop their results first)."""
+    from reidray import flow
+    from reidray.connect import connect
+
+    config = build_job(job, data_root, out, models, datasets, random_init)
+    store = _open_store(config.output)
+    cells, failures = flow.stored_cells(store, config)
+    connect(address, verbose=verbose)
+    flow.check_placement(config, say)
+    _finish(failures + flow.score_stored(store, config, cells, say, redo=redo))
 
 
 @app.command()
@@ -148,7 +212,7 @@ def report(out: OutOpt = None) -> None:
     """Tables of every stored result (Markdown), printed and written under <out>/report/."""
     from reidray import flow
 
-    flow.write_report(_open_store(out or default_output()), say)
+    flow.write_report(_open_store(default_output() if out is None else out), say)
 
 
 @app.command("datasets")
@@ -162,6 +226,8 @@ def datasets_(data_root: DataOpt = None) -> None:
             say(name)
         say("pass --data-root to see which of these are there and check their counts")
         return
+    if not Path(data_root).expanduser().is_dir():
+        raise ReidrayError(f"data root {data_root} does not exist or is not a folder; pass the folder holding the datasets")
     for line in registry.summary_lines(data_root):
         say(line)
 

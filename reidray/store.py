@@ -49,8 +49,11 @@ class Store:
     base: str
 
     @classmethod
-    def open(cls, root: str) -> Store:
-        """Resolve ``root`` (a path or URI) and check that it can be written."""
+    def open(cls, root: str, *, read_only: bool = False) -> Store:
+        """Resolve ``root`` (a path or URI) and check that it can be written, or with ``read_only``
+        (serve, which only reads) that a local root exists, writing nothing."""
+        if not root.strip():
+            raise ReidrayError("the output root is empty; pass --out with a folder or a URI")
         try:
             if "://" in root:
                 fs, base = pafs.FileSystem.from_uri(root)
@@ -61,7 +64,10 @@ class Store:
         except (pa.ArrowInvalid, OSError) as exc:
             raise ReidrayError(f"output root {root!r} cannot be opened: {exc}") from exc
         store = cls(root=root, fs=fs, base=base.rstrip("/"))
-        store._check_writable()
+        if not read_only:
+            store._check_writable()
+        elif "://" not in root and not Path(store.base).is_dir():
+            raise ReidrayError(f"output root {root} does not exist; pass --out with the folder `all` or `embed` wrote")
         return store
 
     def _check_writable(self) -> None:

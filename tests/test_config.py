@@ -3,13 +3,15 @@ are refused with their line."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from reidray.config import EmbedSettings, JobConfig, ScoreSettings, load_job
+from reidray.config import EmbedSettings, JobConfig, ScoreSettings, SyntheticSettings, load_job
+from reidray.datasets.synth import generate
 from reidray.errors import ReidrayError
 
 README = Path(__file__).parents[1] / "README.md"
@@ -60,3 +62,9 @@ def test_a_model_entrys_precision_overrides_the_jobs_for_that_model_only():
     assert job.embed_for("dinov2-l14").batch_size == 64
     assert job.embed_for("osnet-x1.0").precision == "bf16"
     assert job.embed_for("not-in-the-grid") == job.embed
+
+
+def test_the_synthetic_settings_are_generates_size_options_with_its_defaults():
+    options = {name: p.default for name, p in inspect.signature(generate).parameters.items()
+               if p.kind is p.KEYWORD_ONLY and name != "layout"}
+    assert SyntheticSettings().model_dump() == options

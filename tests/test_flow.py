@@ -89,6 +89,9 @@ def test_rerun_skips_complete_cells_and_redoes_a_broken_one(ray_session, flow_ru
     assert result.exit_code == 0, result.output
     assert "embed handcrafted/reidray-synth: complete already" in result.output
     assert "embed random/reidray-synth: complete already" not in result.output
+    # Results scored from the very embeddings found complete are current: not rewritten.
+    assert "score handcrafted/reidray-synth: results current already, skipped" in result.output
+    assert "score random/reidray-synth: stored" in result.output
     rows = pl.read_parquet(out / "embeddings" / "random" / "reidray-synth" / "*.parquet")
     assert rows.height == rows["image_id"].n_unique()
 
@@ -101,7 +104,8 @@ def test_score_tasks_take_the_cpus_the_job_gives_them(ray_session, flow_run, syn
     result = cli("score", "--job", str(job), "--data-root", str(synth_root), "--out", str(out),
                  "-m", "handcrafted", "-d", "reidray-synth")
     assert result.exit_code == 0, result.output
-    assert "warning" not in result.output
+    assert "warning" not in result.output and "waiting" not in result.output
+    assert "score handcrafted/reidray-synth: stored" in result.output.splitlines()
     after = pl.read_parquet(out / "results" / "handcrafted*.parquet")
     assert after["mAP"].to_list() == before["mAP"].to_list()
     assert after["created_at"].to_list() != before["created_at"].to_list()
@@ -135,6 +139,14 @@ def test_score_and_report_drivers_never_import_torch(ray_session, flow_run, synt
     done = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("torch not imported"), done.stdout
+
+
+def test_score_scores_every_stored_cell_when_none_is_named(ray_session, flow_run):
+    out, _ = flow_run
+    result = cli("score", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    scored = sorted(line for line in result.output.splitlines() if line.startswith("score "))
+    assert scored == ["score handcrafted/reidray-synth: stored", "score random/reidray-synth: stored"]
 
 
 def test_score_tasks_no_node_can_hold_are_named(ray_session):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from reidray.config import SYNTHETIC
 from reidray.datasets.manifest import NO_CAMERA, SPLITS
 from reidray.datasets.registry import discover, get, names
 from reidray.errors import ReidrayError
@@ -79,9 +80,11 @@ def summary_lines(root: str | Path) -> list[str]:
             f"  {row['split']:8s}{row['images']:>9,} images {row['identities']:>7,} ids {row['cameras']:>3} cams"
             f"{flags}   official {official}   {verdict}"
         )
-    missing = [n for n in names() if n not in seen]
+    missing = [n for n in names() if n not in seen and n != SYNTHETIC]  # built in: generated when used
     if not rows:
         lines.append(f"no dataset found under {root}")
     if missing:
         lines.append(f"not found: {', '.join(missing)}")
+    if SYNTHETIC not in seen:
+        lines.append(f"built in: {SYNTHETIC} (generated when a run uses it)")
     return lines

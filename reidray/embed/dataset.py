@@ -18,7 +18,8 @@ from reidray.cells import CellRecord
 from reidray.config import JobConfig
 from reidray.embed.pipeline import decoded_images, embed_cell, fingerprint_for, stored_cell
 from reidray.embed.progress import finished_line
-from reidray.errors import ReidrayError, user_error
+from reidray.connect import ray_logs_hint
+from reidray.errors import ReidrayError, one_line, user_error
 from reidray.lease import CellBusyError
 from reidray.models import get
 from reidray.models.preprocess import resize_key
@@ -108,7 +109,7 @@ def embed_dataset(store: Store, dataset: str, manifest: pa.Table, models: list[s
             except Exception as exc:  # a bad image fails every cell that needed it
                 for model in todo:
                     store.drop_results(model, dataset)  # no longer what a complete cell would give
-                    fail(f"cell {model}/{dataset}: {user_error(exc) or exc}")
+                    fail(f"cell {model}/{dataset}: {user_error(exc) or one_line(exc) + ray_logs_hint()}")
                 continue
         for model in todo:
             embed(model, decoded, wait=False)

@@ -14,7 +14,6 @@ ends with exactly one row per image. A marker that is there but cannot be read s
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +28,8 @@ from reidray.config import EmbedSettings, resolve_precision
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
-from reidray.connect import wait_for_resources
-from reidray.errors import CellError, ReidrayError, user_error
+from reidray.connect import ray_logs_hint, wait_for_resources
+from reidray.errors import CellError, ReidrayError, one_line, user_error
 from reidray.lease import cell_lease
 from reidray.models import get, uses_camera_ids
 from reidray.models.preprocess import resize_key
@@ -108,9 +107,12 @@ def stored_cell(store: Store, model: str, dataset: str, fp: str, manifest: pa.Ta
 
 
 def _quiet_ray_data() -> None:
-    """reidray reports each cell's progress itself: Ray Data's own bars and INFO lines only add noise."""
+    """reidray reports each cell's progress itself: Ray Data's own bars and console lines only add
+    noise (they stay in its log file; --verbose shows them)."""
+    from reidray.connect import quiet_ray_data
+
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    quiet_ray_data()
 
 
 def decoded_images(manifest: pa.Table, model: str, settings: EmbedSettings) -> ray.data.Dataset:
@@ -208,9 +210,9 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
             [tracker.steady_rate.remote(), tracker.busy_fraction.remote(), tracker.where.remote()])
     finally:
         ray.kill(tracker)
-    if failure:  # Ray wraps the worker's exception; surface ours with the cell named
+    if failure:  # Ray wraps the worker's exception; surface ours with the cell named, in one line
         cause = user_error(failure[0])
-        raise CellError(f"cell {model}/{dataset}: {cause or failure[0]}") from failure[0]
+        raise CellError(f"cell {model}/{dataset}: {cause or one_line(failure[0]) + ray_logs_hint()}") from failure[0]
     seconds = time.perf_counter() - start
 
     parts, written = seal_parts(store, model, dataset)

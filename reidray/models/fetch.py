@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from reidray.errors import ReidrayError, WeightsNotFoundError
+from reidray.errors import ReidrayError
 from reidray.models import weights as _weights
 from reidray.models.registry import ModelSpec
 

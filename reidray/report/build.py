@@ -80,13 +80,18 @@ class Report:
         )
 
 
+def count(n: int, noun: str) -> str:
+    """``1 cell``, ``2 cells``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | None = None) -> Report:
     """Tables and figures from a results frame (the results schema; any subset of the grid);
     ``stale`` lists the results files left out, and why."""
     head = headline(results.with_columns(pl.col(m).fill_nan(None) for m in METRICS))
     datasets = dataset_order(head)
     summary = [
-        f"{head.height} cells: {len(labels(head))} models x {len(datasets)} datasets "
+        f"{count(head.height, 'cell')}: {count(len(labels(head)), 'model')} x {count(len(datasets), 'dataset')} "
         f"({', '.join(short(d) for d in datasets)})" + (f", from {source}" if source else "") + ". "
         "Metrics in percent; fractions in the results files."
     ]

@@ -208,7 +208,7 @@ class Gateway:
         token = resolve_token(self.settings)
         check_exposure(_http_host(), token)
         self.embedder = embedder
-        self.store = Store.open(self.settings.out)
+        self.store = Store.open(self.settings.out, read_only=True)
         self.galleries = Galleries(self.store, max_kept=self.settings.max_galleries,
                                    random_init=self.settings.random_init)
         self.unavailable = _unavailable_models(self.settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reidray.errors import ReidrayError
-from reidray.serve.settings import MB, TOKEN_ENV, check_exposure
+from reidray.serve.settings import MB, TOKEN_ENV, check_exposure, check_port, clean_token
 
 
 def serve_command(
@@ -39,9 +40,10 @@ def serve_command(
     from reidray.serve.app import APP_NAME, build_app
     from reidray.store import Store
 
-    token = token or os.environ.get(TOKEN_ENV) or None
+    token = clean_token(token or os.environ.get(TOKEN_ENV))
+    check_port(port)
     check_exposure(host, token)
-    store = Store.open(out)
+    store = Store.open(out, read_only=True)
     root = store.root if "://" in store.root else store.base  # replicas do not share our working directory
     args = {
         "out": root, "token": token, "random_init": random_init, "weights": {k: str(Path(v).expanduser().resolve())
@@ -49,6 +51,7 @@ def serve_command(
         "max_upload_bytes": int(max_upload_mb * MB), "max_models_per_replica": max_models, "num_gpus": num_gpus,
     }
     connect(address)  # before build_app, which looks for GPUs in the cluster
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up INFO lines; our line says it
     application = build_app(args)
     serve.start(http_options={"host": host, "port": port})
     try:

@@ -128,6 +128,10 @@ def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex
         column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size),
         dtype=np.float32,
     )
+    bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+    if bad:  # as the score stage refuses them: a ranking over NaN is no ranking
+        raise GalleryMismatchError(f"gallery {model}/{dataset} is not searchable: {bad:,} of its embeddings "
+                                   "contain NaN or infinite values; re-embed it")
     metric = marker["metric"]  # as the embed stage recorded it: the ranking the evaluation scored
     if metric == "cosine":
         faiss.normalize_L2(vectors)
@@ -160,7 +164,8 @@ class Galleries:
         self.random_init = random_init
         self._kept: OrderedDict[tuple[str, str], GalleryIndex] = OrderedDict()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._verified: dict[tuple[str, str], tuple[str, str | None]] = {}  # -> (fingerprint, fault)
+        # -> (fingerprint, fault): verify_cell's verdict, or NaN rows found when indexing; None: fine
+        self._verified: dict[tuple[str, str], tuple[str, str | None]] = {}
 
     def marker(self, model: str, dataset: str) -> dict:
         """The cell's marker, or UnknownGalleryError naming the model's galleries."""
@@ -231,7 +236,11 @@ class Galleries:
             if kept is not None and kept.fingerprint == marker.get("fingerprint", ""):
                 kept.checked_at = time.monotonic()
             else:
-                kept = await asyncio.to_thread(_build, self.store, model, dataset, marker)
+                try:
+                    kept = await asyncio.to_thread(_build, self.store, model, dataset, marker)
+                except GalleryMismatchError as exc:  # listed as not searchable, with the reason, from now on
+                    self._verified[key] = (marker.get("fingerprint", ""), str(exc))
+                    raise
             self._kept[key] = kept
             self._kept.move_to_end(key)
             while len(self._kept) > self.max_kept:

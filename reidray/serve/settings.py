@@ -17,6 +17,9 @@ from reidray.errors import ReidrayError
 
 TOKEN_ENV = "REIDRAY_SERVE_TOKEN"
 MB = 1 << 20
+# One upload decoded costs at most 4 bytes a pixel (RGBA before the RGB copy): 12 MP is 48 MB,
+# far beyond any person crop, so a burst of requests cannot take a replica's memory.
+MAX_IMAGE_PIXELS = 12_000_000
 
 
 class ServeSettings(BaseModel):
@@ -31,7 +34,10 @@ class ServeSettings(BaseModel):
         default="auto", description="image encoders' arithmetic; auto: the embed stage's (fp32)"
     )
     max_upload_bytes: int = Field(default=10 * MB, gt=0, description="larger bodies get 413")
-    max_image_pixels: int = Field(default=40_000_000, gt=0, description="larger images get 413 before decoding")
+    max_image_pixels: int = Field(
+        default=MAX_IMAGE_PIXELS, gt=0,
+        description="larger images get 413 before decoding; 12 MP keeps one decoded upload under 48 MB (RGBA)",
+    )
     max_models_per_replica: int = Field(default=3, gt=0, description="encoders kept per replica (LRU)")
     max_galleries: int = Field(default=4, gt=0, description="faiss indexes kept per ingress replica (LRU)")
     max_batch_size: int = Field(default=16, gt=0)
@@ -51,8 +57,18 @@ def parse_settings(args: dict) -> ServeSettings:
 
 def resolve_token(settings: ServeSettings) -> str | None:
     """The configured token, else the environment's (so a Kubernetes Secret never enters a config)."""
-    token = settings.token or os.environ.get(TOKEN_ENV) or None
-    return token.strip() if token else None
+    return clean_token(settings.token or os.environ.get(TOKEN_ENV))
+
+
+def clean_token(token: str | None) -> str | None:
+    """A token with its surrounding blanks dropped; an empty or blank one is no token at all."""
+    return (token or "").strip() or None
+
+
+def check_port(port: int) -> None:
+    """Refuse a port no TCP socket can bind, before Ray or Serve start."""
+    if not 1 <= port <= 65535:
+        raise ReidrayError(f"port {port} is not a TCP port; pass --port between 1 and 65535 (default 8000)")
 
 
 def is_loopback(host: str) -> bool:

@@ -1,135 +1,304 @@
-"""Latency of the Serve application: p50 and p99 of POST /embed and POST /search at a few concurrency levels.
+"""Live search: reidray's Serve app against one plain process doing the same work, in one run.
 
-    python benchmarks/bench_serve.py                               # handcrafted, synthetic gallery, 1/4/16 clients
-    python benchmarks/bench_serve.py --levels 1,8,32 --requests 500
-    python benchmarks/bench_serve.py --url http://host:8000 --token T --out s3://b/out   # a running service
+    python benchmarks/bench_serve.py                        # handcrafted, synthetic gallery, 1/8/32 clients
+    python benchmarks/bench_serve.py --levels 1,8,32 --seconds 10
+    python benchmarks/bench_serve.py --url http://host:8000 --token T --images q/   # a running service only
 
 Without ``--url`` it starts everything locally: Ray, the built-in synthetic dataset (``--n-ids``
-identities), the handcrafted cell through the real embed pipeline, then Serve on a free loopback
-port. Each level runs ``--requests`` requests from that many concurrent clients (each sends its
-next query image as soon as its previous answer arrives), after a warm-up that loads the model and
-the gallery index. Latency is client-side, per request, over real HTTP; the clients share the
-machine with the service, which matters on a small one.
+identities), the model's cell through the real embed pipeline, then two servers on free loopback
+ports: the Serve app (``reidray.serve.app``) and the *plain* baseline, one uvicorn process with
+a FastAPI app that loads the same cell and calls the same reidray functions (``decode_resize``,
+the embed stage's ``EncoderActor``, the galleries' faiss index), no Ray. Each level sends
+``POST /search`` (top-10) from that many concurrent clients, each sending its next query image as
+soon as its previous answer arrives, for ``--seconds`` per side (at most ``--requests``); the
+two sides alternate within each level, so both meet the same machine load.
+
+Latency and throughput are client-side, over real HTTP on 127.0.0.1. The time per hop comes from
+the servers' ``Server-Timing`` header (``reidray.serve.timing``; both sides run with it on):
+``proxy`` is the client's latency minus the time inside the ingress app (the HTTP server and, for
+Serve, its proxy and the proxy-to-replica hop), ``ingress`` the app's own work (checks, decode,
+response), ``encoder`` the wait for the embedding, ``index`` the faiss search; medians.
+
+The functions (``prepare``, ``start_serve``, ``plain_server``, ``run_level``, ``compare``,
+``markdown``) are importable: the GPU proof and the regression test in tests/test_serve.py use them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
+from fastapi import FastAPI, Query, Request  # at module level: the plain app's annotations resolve here
+from fastapi.responses import JSONResponse
 
 DATASET = "reidray-synth"
+HOPS = ("proxy", "ingress", "encoder", "index")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_local(out: str, n_ids: int, model: str) -> tuple[str, list[Path]]:
-    """Ray, the synthetic data, the model's cell and the Serve app; returns the URL and the query images."""
-    import ray
-    from ray import serve
-
+def prepare(out: str, n_ids: int, model: str) -> list[Path]:
+    """The synthetic data and the model's cell under ``out`` (Ray must be up); returns the query images."""
     from reidray import datasets
     from reidray.datasets.synth import generate
     from reidray.embed.pipeline import embed_cell
-    from reidray.serve.app import APP_NAME, build_app
     from reidray.store import Store
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=False, log_to_driver=False)
     root = Path(out) / "data"
     generate(root, n_ids=n_ids)
     manifest = datasets.load(DATASET, root)
     store = Store.open(out)
     store.write_table(store.manifest_path(DATASET), manifest)
     embed_cell(store, model, DATASET, manifest, say=lambda _: None)
-    port = _free_port()
+    return [Path(p) for p, s in zip(manifest.column("path").to_pylist(), manifest.column("split").to_pylist())
+            if s == "query"]
+
+
+def start_serve(out: str, **settings) -> str:
+    """The Serve app over ``out`` on a free loopback port (Ray must be up); returns its URL."""
+    from ray import serve
+
+    from reidray.serve.app import APP_NAME, build_app
+
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"out": store.base}), name=APP_NAME, route_prefix="/")
-    queries = [Path(p) for p, s in zip(manifest.column("path").to_pylist(), manifest.column("split").to_pylist())
-               if s == "query"]
-    return f"http://127.0.0.1:{port}", queries
+    serve.run(build_app({"out": out, "server_timing": True, **settings}), name=APP_NAME, route_prefix="/")
+    return f"http://127.0.0.1:{port}"
 
 
-async def run_level(url: str, headers: dict, route: str, params: dict, images: list[bytes], clients: int,
-                    requests: int) -> np.ndarray:
-    """Per-request latencies (s) of ``requests`` requests from ``clients`` concurrent clients."""
-    latencies: list[float] = []
-    next_index = iter(range(requests))
+# --- the plain baseline -------------------------------------------------------------------------
+def plain_app(out: str, model: str, gallery: str):
+    """One process, no Ray: FastAPI calling the functions the Serve app calls, in a worker thread."""
+    from reidray.embed.actor import EncoderActor
+    from reidray.models import get
+    from reidray.serve.app import decode_resize
+    from reidray.serve.galleries import _build
+    from reidray.serve.timing import span, timed
+    from reidray.store import Store
+
+    import torch
+
+    store = Store.open(out)
+    spec = get(model)
+    encoder = EncoderActor(model, None, False, device="cpu")
+    index = _build(store, model, gallery, store.cell_marker(model, gallery) or {})
+
+    def answer(scope: dict, body: bytes, k: int) -> list[dict]:
+        with span(scope, "decode"):
+            pixels = decode_resize(body, spec, 40_000_000)
+        with span(scope, "forward"):
+            vector = encoder.embed(torch.from_numpy(pixels[None]))[0].numpy()
+        with span(scope, "search"):
+            return index.search(vector, k)
+
+    api = FastAPI()
+
+    @api.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @api.post("/search")
+    async def search(request: Request, k: int = Query(10)):
+        body = await request.body()
+        with span(request.scope, "encode"):
+            hits = await asyncio.to_thread(answer, request.scope, body, k)
+        return JSONResponse({"model": model, "gallery": gallery, "results": hits})
+
+    async def timed_app(scope, receive, send):
+        if scope["type"] == "http":
+            send = timed(scope, send)
+        await api(scope, receive, send)
+
+    return timed_app
+
+
+@contextlib.contextmanager
+def plain_server(out: str, model: str, gallery: str = DATASET) -> Iterator[str]:
+    """The plain baseline in its own process on a free loopback port; stopped on exit."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--plain-server", out, "--port", str(port),
+                             "--model", model, "--gallery", gallery], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the plain server exited with status {proc.returncode}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the plain server did not start within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run_plain(out: str, port: int, model: str, gallery: str) -> None:
+    import uvicorn
+
+    uvicorn.run(plain_app(out, model, gallery), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- load ---------------------------------------------------------------------------------------
+@dataclass
+class Level:
+    """One side at one concurrency: client latencies (s), wall time, and the servers' timings (ms)."""
+
+    side: str
+    clients: int
+    latencies: list[float] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
+    wall: float = 0.0
+
+    def row(self) -> dict:
+        lat = np.array(self.latencies) * 1e3
+        hops = {}
+        if self.timings:
+            def spans(name: str) -> np.ndarray:
+                return np.array([t.get(name, 0.0) for t in self.timings])
+
+            app, encode, search = spans("app"), spans("encode"), spans("search")
+            hops = {"proxy": lat[: len(app)] - app, "ingress": app - encode, "encoder": encode - search,
+                    "index": search, "decode": spans("decode"), "forward": spans("forward")}
+            hops = {name: float(np.median(values)) for name, values in hops.items()}
+            hops["batch"] = float(np.mean(spans("batch"))) or 1.0
+        return {"side": self.side, "clients": self.clients, "requests": len(lat),
+                "requests_per_s": len(lat) / self.wall if self.wall else 0.0,
+                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), **hops}
+
+
+async def run_level(url: str, side: str, clients: int, images: list[bytes], params: dict, *,
+                    seconds: float, max_requests: int, headers: dict | None = None) -> Level:
+    """``clients`` concurrent clients posting ``/search`` until ``seconds`` pass or ``max_requests`` are sent."""
+    from reidray.serve.timing import parse
+
+    level = Level(side, clients)
+    counter = iter(range(max_requests))
+    stop = time.perf_counter() + seconds
 
     async def client(http: httpx.AsyncClient) -> None:
-        for i in next_index:
+        for i in counter:
+            if time.perf_counter() > stop:
+                return
             start = time.perf_counter()
-            response = await http.post(route, params=params, content=images[i % len(images)],
+            response = await http.post("/search", params=params, content=images[i % len(images)],
                                        headers={"Content-Type": "image/jpeg"})
-            latencies.append(time.perf_counter() - start)
+            level.latencies.append(time.perf_counter() - start)
             response.raise_for_status()
+            if "server-timing" in response.headers:
+                level.timings.append(parse(response.headers["server-timing"]))
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=120, limits=limits) as http:
+        started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-    return np.array(latencies)
+        level.wall = time.perf_counter() - started
+    return level
+
+
+def compare(urls: dict[str, str], images: list[bytes], params: dict, levels: list[int], *, seconds: float,
+            max_requests: int = 100_000, headers: dict | None = None, warmup: float = 2.0) -> list[dict]:
+    """Every side at every level, sides alternating within a level; one row per (level, side)."""
+    for side, url in urls.items():  # models loaded, indexes built, connections open
+        asyncio.run(run_level(url, side, 4, images, params, seconds=warmup, max_requests=1000, headers=headers))
+    rows = []
+    for n, clients in enumerate(levels):
+        order = list(urls) if n % 2 == 0 else list(reversed(urls))
+        for side in order:
+            level = asyncio.run(run_level(urls[side], side, clients, images, params, seconds=seconds,
+                                          max_requests=max_requests, headers=headers))
+            rows.append(level.row())
+    return sorted(rows, key=lambda r: (r["clients"], r["side"]))
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table: client-side figures, then the medians per hop (ms)."""
+    lines = ["| clients | side | requests/s | p50 (ms) | p99 (ms) | proxy | ingress | encoder | index |"
+             " decode | forward | batch |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{r[h]:.1f}" if h in r else "" for h in (*HOPS, "decode", "forward")]
+        lines.append(f"| {r['clients']} | {r['side']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} "
+                     f"| {r['p99_ms']:.1f} | {' | '.join(cells)} | {r.get('batch', 1.0):.1f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running service; default: start one locally")
+    parser.add_argument("--url", help="a running service (measured alone); default: start both sides locally")
     parser.add_argument("--token", default=os.environ.get("REIDRAY_SERVE_TOKEN"))
     parser.add_argument("--out", help="output root (local start: default a temporary folder)")
     parser.add_argument("--model", default="handcrafted")
     parser.add_argument("--gallery", default=DATASET)
     parser.add_argument("--images", help="folder of query images (with --url); default: the synthetic queries")
     parser.add_argument("--n-ids", type=int, default=100, help="synthetic identities (local start)")
-    parser.add_argument("--levels", default="1,4,16", help="concurrent clients per level")
-    parser.add_argument("--requests", type=int, default=200, help="requests per endpoint and level")
+    parser.add_argument("--levels", default="1,8,32", help="concurrent clients per level")
+    parser.add_argument("--seconds", type=float, default=8.0, help="load per side and level")
+    parser.add_argument("--requests", type=int, default=100_000, help="at most this many per side and level")
+    parser.add_argument("--serve-args", default="{}", help="JSON: extra Serve app args (ServeSettings)")
+    parser.add_argument("--plain-server", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plain_server:
+        _run_plain(args.plain_server, args.port, args.model, args.gallery)
+        return
 
+    params = {"model": args.model, "gallery": args.gallery, "k": 10}
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    levels = [int(c) for c in args.levels.split(",")]
+    load_before = os.getloadavg()[0]
     if args.url:
-        url = args.url.rstrip("/")
         queries = sorted(Path(args.images).glob("*.jpg")) if args.images else []
         if not queries:
             parser.error("--url needs --images with .jpg query images")
+        rows = compare({"serve": args.url.rstrip("/")}, [p.read_bytes() for p in queries], params, levels,
+                       seconds=args.seconds, max_requests=args.requests, headers=headers)
     else:
-        url, queries = start_local(args.out or tempfile.mkdtemp(prefix="bench-serve-"), args.n_ids, args.model)
-    images = [p.read_bytes() for p in queries]
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    endpoints = {
-        "/embed": {"model": args.model},
-        "/search": {"model": args.model, "gallery": args.gallery, "k": 10},
-    }
-    for route, params in endpoints.items():  # warm-up: model loaded, gallery index built, connections open
-        asyncio.run(run_level(url, headers, route, params, images, 4, 20))
+        import ray
+        from ray import serve
 
-    rows = []
-    load_before = os.getloadavg()[0]
-    for route, params in endpoints.items():
-        for clients in (int(c) for c in args.levels.split(",")):
-            start = time.perf_counter()
-            lat = asyncio.run(run_level(url, headers, route, params, images, clients, args.requests))
-            wall = time.perf_counter() - start
-            rows.append({"endpoint": route, "clients": clients, "requests": len(lat),
-                         "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                         "requests_per_s": len(lat) / wall})
-    print(f"model {args.model}, gallery {args.gallery}, {len(images)} query images; "
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        out = args.out or tempfile.mkdtemp(prefix="bench-serve-")
+        ray.init(include_dashboard=False, log_to_driver=False)
+        try:
+            queries = prepare(out, args.n_ids, args.model)
+            with plain_server(out, args.model, args.gallery) as plain:
+                serve_url = start_serve(out, **json.loads(args.serve_args))
+                rows = compare({"plain": plain, "serve": serve_url}, [p.read_bytes() for p in queries], params,
+                               levels, seconds=args.seconds, max_requests=args.requests)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    print(f"model {args.model}, gallery {args.gallery}, {len(queries)} query images, POST /search k=10; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print("| endpoint | clients | p50 (ms) | p99 (ms) | requests/s |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| POST {r['endpoint']} | {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-              f"| {r['requests_per_s']:.1f} |")
+    print(markdown(rows))
     print(json.dumps(rows))
 
 

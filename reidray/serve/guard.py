@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
+from reidray.serve.timing import timed
+
 OPEN_PATHS = frozenset({"/healthz"})
 
 
@@ -23,6 +25,7 @@ class Policy:
 
     token: str | None
     max_upload_bytes: int
+    server_timing: bool = False
 
 
 def token_matches(header: str | None, token: str) -> bool:
@@ -52,6 +55,8 @@ class Guard:
         if policy is None:
             await _reply(send, 503, "the service is starting; retry shortly")
             return
+        if policy.server_timing:
+            send = timed(scope, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
         root = scope.get("root_path", "")

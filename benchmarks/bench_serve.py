@@ -19,11 +19,15 @@ their own, and a third side sends the same load there, past the proxy.
 Latency and throughput are client-side, over real HTTP on 127.0.0.1. The time per hop comes from
 the servers' ``Server-Timing`` header (``reidray.serve.timing``; both sides run with it on):
 ``proxy`` is the client's latency minus the time inside the ingress app (the HTTP server and, for
-Serve, its proxy and the proxy-to-replica hop), ``ingress`` the app's own work (checks, decode,
-response), ``encoder`` the wait for the embedding, ``index`` the faiss search; medians.
+Serve, its proxy and the proxy-to-replica hop), ``ingress`` the app's own work (checks, reading
+the body, the response), ``encoder`` the wait for the image's answer less the search (queue,
+decode, forward pass), ``index`` the faiss search; ``decode`` and ``forward`` are those steps over
+the batch the request was in, ``batch`` the mean batch size; medians. Wall-clock figures depend on
+what else the machine runs; the second table does less: the CPU milliseconds each process group
+spent per request (Linux /proc, the servers being this process's descendants).
 
-The functions (``prepare``, ``start_serve``, ``plain_server``, ``run_level``, ``compare``,
-``markdown``) are importable: the GPU proof and the regression test in tests/test_serve.py use them.
+The functions (``prepare``, ``start_serve``, ``plain_server``, ``direct_urls``, ``run_level``,
+``compare``, ``markdown``) are importable: the GPU proof and tests/test_serve_speed.py use them.
 """
 
 from __future__ import annotations
@@ -195,6 +199,50 @@ def _run_plain(out: str, port: int, model: str, gallery: str) -> None:
     uvicorn.run(plain_app(out, model, gallery), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+# --- CPU per request -----------------------------------------------------------------------------
+GROUPS = (("ProxyActor", "proxy"), ("Gateway", "ingress"), ("Embedder", "embedder"), ("--plain-server", "plain"))
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process and its descendants (Linux /proc), with each one's group name."""
+    if not os.path.isdir("/proc"):
+        return {}
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tick = os.sysconf("SC_CLK_TCK")
+    out, stack = {}, [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        stack += children.get(pid, [])
+        if pid not in stats:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        group = "client" if pid == os.getpid() else next((g for key, g in GROUPS if key in cmd), "ray, other")
+        out[pid] = (group, (int(stats[pid][11]) + int(stats[pid][12])) / tick)
+    return out
+
+
+def _cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+    """CPU milliseconds per request by process group between two ``_cpu_by_process`` samples."""
+    total: dict[str, float] = {}
+    for pid, (group, seconds) in after.items():
+        total[group] = total.get(group, 0.0) + seconds - before.get(pid, (group, 0.0))[1]
+    return {f"cpu {g}": v * 1e3 / max(requests, 1) for g, v in sorted(total.items()) if v > 0}
+
+
 # --- load ---------------------------------------------------------------------------------------
 @dataclass
 class Level:
@@ -265,10 +313,22 @@ def compare(urls: dict[str, str | list[str]], images: list[bytes], params: dict,
     for n, clients in enumerate(levels):
         order = list(urls) if n % 2 == 0 else list(reversed(urls))
         for side in order:
+            before = _cpu_by_process()
             level = asyncio.run(run_level(urls[side], side, clients, images, params, seconds=seconds,
                                           max_requests=max_requests, headers=headers))
-            rows.append(level.row())
+            cpu = _cpu_per_request(before, _cpu_by_process(), len(level.latencies))
+            rows.append({**level.row(), **cpu})
     return sorted(rows, key=lambda r: (r["clients"], r["side"]))
+
+
+def cpu_markdown(rows: list[dict]) -> str:
+    """CPU milliseconds per request, by process group (a local run: servers under this process)."""
+    groups = sorted({k for r in rows for k in r if k.startswith("cpu ")})
+    lines = ["| clients | side | " + " | ".join(g.removeprefix("cpu ") for g in groups) + " |",
+             "|---:|---|" + "---:|" * len(groups)]
+    for r in rows:
+        lines.append(f"| {r['clients']} | {r['side']} | " + " | ".join(f"{r.get(g, 0.0):.1f}" for g in groups) + " |")
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -338,6 +398,9 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(markdown(rows))
+    if not args.url:
+        print("\nCPU ms per request, by process (client = this benchmark's HTTP clients):")
+        print(cpu_markdown(rows))
     print(json.dumps(rows))
 
 

@@ -228,13 +228,15 @@ def _unavailable_models(settings: ServeSettings) -> dict[str, str]:
     return missing
 
 
-# Two replicas by default: one replica's request handling (Serve's, the app's) overlaps the other's
-# encoding; on a 2-core machine that took throughput at 8 clients from 0.4x to about 0.8x a plain
-# process (docs/benchmarks.md). A config file's num_replicas or autoscaling_config overrides it.
+# Two replicas by default: one replica's request handling (Serve's and the app's Python, bound to
+# its process) overlaps the other's encoding; on the 2-core benchmark machine that raised throughput
+# at 8 clients from about 0.45x to 0.65-0.8x a plain process (docs/benchmarks.md). A config
+# file's num_replicas or autoscaling_config overrides it.
 @serve.deployment(name="Gateway", num_replicas=2, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(app)
 class Gateway:
-    """The HTTP API: validation, decoding, galleries; embeddings come from ``Embedder``.
+    """The HTTP API: validation, decoding, galleries; image embeddings from ``LocalQueries`` in this
+    replica (no GPU for encoders) or from ``Embedder``, text embeddings from ``Embedder``.
 
     Serve pickles this class when it is decorated, with the module globals it uses as they are
     then: everything it calls is defined above it.

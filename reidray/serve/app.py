@@ -229,9 +229,8 @@ def _unavailable_models(settings: ServeSettings) -> dict[str, str]:
 
 
 # Two replicas by default: one replica's request handling (Serve's and the app's Python, bound to
-# its process) overlaps the other's encoding; on the 2-core benchmark machine that raised throughput
-# at 8 clients from about 0.45x to 0.65-0.8x a plain process (docs/benchmarks.md). A config
-# file's num_replicas or autoscaling_config overrides it.
+# its process) overlaps the other's encoding (docs/benchmarks.md: a small gain at 8 clients on
+# 2 cores). A config file's num_replicas or autoscaling_config overrides it.
 @serve.deployment(name="Gateway", num_replicas=2, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(app)
 class Gateway:

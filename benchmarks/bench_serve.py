@@ -120,19 +120,19 @@ def _healthy(url: str) -> bool:
 # --- the plain baseline -------------------------------------------------------------------------
 def plain_app(out: str, model: str, gallery: str):
     """One process, no Ray: FastAPI calling the functions the Serve app calls, in a worker thread."""
+    import torch
+
     from reidray.embed.actor import EncoderActor
     from reidray.models import get
     from reidray.serve.app import decode_resize
-    from reidray.serve.galleries import _build
+    from reidray.serve.galleries import build_index
     from reidray.serve.timing import span, timed
     from reidray.store import Store
-
-    import torch
 
     store = Store.open(out)
     spec = get(model)
     encoder = EncoderActor(model, None, False, device="cpu")
-    index = _build(store, model, gallery, store.cell_marker(model, gallery) or {})
+    index = build_index(store, model, gallery, store.cell_marker(model, gallery) or {})
 
     def answer(scope: dict, body: bytes, k: int) -> list[dict]:
         with span(scope, "decode"):
@@ -386,7 +386,8 @@ def main() -> None:
         try:
             queries = prepare(out, args.n_ids, args.model)
             with plain_server(out, args.model, args.gallery) as plain:
-                sides: dict[str, str | list[str]] = {"plain": plain, "serve": start_serve(out, **json.loads(args.serve_args))}
+                serve_url = start_serve(out, **json.loads(args.serve_args))
+                sides: dict[str, str | list[str]] = {"plain": plain, "serve": serve_url}
                 if args.direct_ingress:
                     sides["serve, direct ingress"] = direct_urls()
                 rows = compare(sides, [p.read_bytes() for p in queries], params, levels, seconds=args.seconds,

@@ -110,7 +110,7 @@ class GalleryIndex:
         return hits
 
 
-def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex:
+def build_index(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex:
     """Read the cell's gallery rows and index them (runs in a worker thread)."""
     import faiss
 
@@ -194,7 +194,7 @@ class Galleries:
             if kept is not None and kept.fingerprint == marker.get("fingerprint", ""):
                 kept.checked_at = time.monotonic()
             else:
-                kept = await asyncio.to_thread(_build, self.store, model, dataset, marker)
+                kept = await asyncio.to_thread(build_index, self.store, model, dataset, marker)
             self._kept[key] = kept
             self._kept.move_to_end(key)
             while len(self._kept) > self.max_kept:

@@ -118,27 +118,30 @@ def _healthy(url: str) -> bool:
 
 
 # --- the plain baseline -------------------------------------------------------------------------
-def plain_app(out: str, model: str, gallery: str):
-    """One process, no Ray: FastAPI calling the functions the Serve app calls, in a worker thread."""
+def plain_app(out: str, model: str, gallery: str, random_init: bool = False):
+    """One process, no Ray: FastAPI calling the functions the Serve app calls, in a worker thread
+    (on the GPU when there is one, in the Serve app's precision rule)."""
     import torch
 
     from reidray.embed.actor import EncoderActor
     from reidray.models import get
     from reidray.serve.app import decode_resize
+    from reidray.serve.embedder import _precision
     from reidray.serve.galleries import build_index
     from reidray.serve.timing import span, timed
     from reidray.store import Store
 
     store = Store.open(out)
     spec = get(model)
-    encoder = EncoderActor(model, None, False, device="cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder = EncoderActor(model, None, random_init, precision=_precision("auto", device), device=device)
     index = build_index(store, model, gallery, store.cell_marker(model, gallery) or {})
 
     def answer(scope: dict, body: bytes, k: int) -> list[dict]:
         with span(scope, "decode"):
             pixels = decode_resize(body, spec, 40_000_000)
         with span(scope, "forward"):
-            vector = encoder.embed(torch.from_numpy(pixels[None]))[0].numpy()
+            vector = encoder.embed(torch.from_numpy(pixels[None]).to(device))[0].cpu().numpy()
         with span(scope, "search"):
             return index.search(vector, k)
 
@@ -164,11 +167,12 @@ def plain_app(out: str, model: str, gallery: str):
 
 
 @contextlib.contextmanager
-def plain_server(out: str, model: str, gallery: str = DATASET) -> Iterator[str]:
+def plain_server(out: str, model: str, gallery: str = DATASET, random_init: bool = False) -> Iterator[str]:
     """The plain baseline in its own process on a free loopback port; stopped on exit."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--plain-server", out, "--port", str(port),
-                             "--model", model, "--gallery", gallery], stdout=subprocess.DEVNULL)
+    command = [sys.executable, __file__, "--plain-server", out, "--port", str(port), "--model", model,
+               "--gallery", gallery, *(["--random-init"] if random_init else [])]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -193,10 +197,11 @@ def plain_server(out: str, model: str, gallery: str = DATASET) -> Iterator[str]:
             proc.wait()
 
 
-def _run_plain(out: str, port: int, model: str, gallery: str) -> None:
+def _run_plain(out: str, port: int, model: str, gallery: str, random_init: bool) -> None:
     import uvicorn
 
-    uvicorn.run(plain_app(out, model, gallery), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(plain_app(out, model, gallery, random_init), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
 
 
 # --- CPU per request -----------------------------------------------------------------------------
@@ -359,9 +364,10 @@ def main() -> None:
                         help="start Ray with Serve's direct ingress (alpha) and measure the replicas' own ports too")
     parser.add_argument("--plain-server", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--random-init", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
-        _run_plain(args.plain_server, args.port, args.model, args.gallery)
+        _run_plain(args.plain_server, args.port, args.model, args.gallery, args.random_init)
         return
 
     params = {"model": args.model, "gallery": args.gallery, "k": 10}

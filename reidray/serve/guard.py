@@ -3,7 +3,8 @@
 Serve's HTTP ingress has neither (ray.md: no authentication, a 50 MB body accepted), so the app
 enforces both, as one ASGI middleware in front of FastAPI: nothing an unauthenticated or
 oversized request sends reaches a route, the docs pages included. Only ``/healthz`` is open, for
-load balancers and Kubernetes probes.
+load balancers and Kubernetes probes. Being first, it also starts the opt-in ``Server-Timing``
+header (``timing``), so the header's ``app`` span covers these checks too.
 """
 
 from __future__ import annotations

@@ -1,143 +1,413 @@
-"""Latency of the Serve application: p50 and p99 of POST /embed and POST /search at a few concurrency levels.
+"""Live search: reidray's Serve app against one plain process doing the same work, in one run.
 
-    python benchmarks/bench_serve.py                               # handcrafted, synthetic gallery, 1/4/16 clients
-    python benchmarks/bench_serve.py --levels 1,8,32 --requests 500
-    python benchmarks/bench_serve.py --url http://host:8000 --token T --out s3://b/out   # a running service
+    python benchmarks/bench_serve.py                        # handcrafted, synthetic gallery, 1/8/32 clients
+    python benchmarks/bench_serve.py --levels 1,8,32 --seconds 10
+    python benchmarks/bench_serve.py --direct-ingress                # + the replicas' own ports, no proxy
+    python benchmarks/bench_serve.py --url http://host:8000 --token T --images q/   # a running service only
 
 Without ``--url`` it starts everything locally: Ray, the built-in synthetic dataset (``--n-ids``
-identities), the handcrafted cell through the real embed pipeline, then Serve on a free loopback
-port. Each level runs ``--requests`` requests from that many concurrent clients (each sends its
-next query image as soon as its previous answer arrives), after a warm-up that loads the model and
-the gallery index. Latency is client-side, per request, over real HTTP; the clients share the
-machine with the service, which matters on a small one.
+identities), the model's cell through the real embed pipeline, then two servers on free loopback
+ports: the Serve app (``reidray.serve.app``) and the *plain* baseline, one uvicorn process with
+a FastAPI app that loads the same cell and calls the same reidray functions (``decode_resize``,
+the embed stage's ``EncoderActor``, the galleries' faiss index), no Ray. Each level sends
+``POST /search`` (top-10) from that many concurrent clients, each sending its next query image as
+soon as its previous answer arrives, for ``--seconds`` per side (at most ``--requests``); the
+sides alternate within each level, so all meet the same machine load. ``--direct-ingress`` starts
+Ray with Serve's direct ingress (alpha in Ray 2.60): the ingress replicas also listen on ports of
+their own, and a third side sends the same load there, past the proxy.
+
+Latency and throughput are client-side, over real HTTP on 127.0.0.1. The time per hop comes from
+the servers' ``Server-Timing`` header (``reidray.serve.timing``; both sides run with it on):
+``proxy`` is the client's latency minus the time inside the ingress app (the HTTP server and, for
+Serve, its proxy and the proxy-to-replica hop), ``ingress`` the app's own work (checks, reading
+the body, the response), ``encoder`` the wait for the image's answer less the search (queue,
+decode, forward pass), ``index`` the faiss search; ``decode`` and ``forward`` are those steps over
+the batch the request was in, ``batch`` the mean batch size; medians. Wall-clock figures depend on
+what else the machine runs; the second table does less: the CPU milliseconds each process group
+spent per request (Linux /proc, the servers being this process's descendants).
+
+The functions (``prepare``, ``start_serve``, ``plain_server``, ``direct_urls``, ``run_level``,
+``compare``, ``markdown``) are importable: the GPU proof and tests/test_serve_speed.py use them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
+from fastapi import FastAPI, Query, Request  # at module level: the plain app's annotations resolve here
+from fastapi.responses import JSONResponse
 
 DATASET = "reidray-synth"
+HOPS = ("proxy", "ingress", "encoder", "index")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_local(out: str, n_ids: int, model: str, random_init: bool = False) -> tuple[str, list[Path]]:
-    """Ray (unless already up), the synthetic data, the model's cell and the Serve app; returns the
-    URL and the query images."""
-    import ray
-    from ray import serve
-
+def prepare(out: str, n_ids: int, model: str, random_init: bool = False) -> list[Path]:
+    """The synthetic data and the model's cell under ``out`` (Ray must be up); returns the query images."""
     from reidray import datasets
     from reidray.datasets.synth import generate
     from reidray.embed.pipeline import embed_cell
-    from reidray.serve.app import APP_NAME, build_app
     from reidray.store import Store
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
     root = Path(out) / "data"
     generate(root, n_ids=n_ids)
     manifest = datasets.load(DATASET, root)
     store = Store.open(out)
     store.write_table(store.manifest_path(DATASET), manifest)
     embed_cell(store, model, DATASET, manifest, random_init=random_init, say=lambda _: None)
-    port = _free_port()
+    return [Path(p) for p, s in zip(manifest.column("path").to_pylist(), manifest.column("split").to_pylist())
+            if s == "query"]
+
+
+def start_serve(out: str, **settings) -> str:
+    """The Serve app over ``out`` on a free loopback port (Ray must be up); returns its URL."""
+    from ray import serve
+
+    from reidray.serve.app import APP_NAME, build_app
+
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"out": store.base, "random_init": random_init}), name=APP_NAME, route_prefix="/")
-    queries = [Path(p) for p, s in zip(manifest.column("path").to_pylist(), manifest.column("split").to_pylist())
-               if s == "query"]
-    return f"http://127.0.0.1:{port}", queries
+    serve.run(build_app({"out": out, "server_timing": True, **settings}), name=APP_NAME, route_prefix="/")
+    return f"http://127.0.0.1:{port}"
 
 
-async def run_level(url: str, headers: dict, route: str, params: dict, images: list[bytes], clients: int,
-                    requests: int) -> np.ndarray:
-    """Per-request latencies (s) of ``requests`` requests from ``clients`` concurrent clients."""
-    latencies: list[float] = []
-    next_index = iter(range(requests))
+def direct_urls() -> list[str]:
+    """The ingress replicas' own HTTP addresses under Ray's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``
+    when Ray starts; alpha in Ray 2.60): each replica serves HTTP itself, no proxy hop."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    from reidray.serve.app import APP_NAME
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(APP_NAME))
+        urls = [f"http://127.0.0.1:{t.port}" for g in groups if g.protocol == "HTTP"
+                for t in g.targets]
+        if urls and all(_healthy(u) for u in urls):
+            return urls
+        time.sleep(1)
+    raise RuntimeError("no direct-ingress replica answered within 60 s")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+# --- the plain baseline -------------------------------------------------------------------------
+def plain_app(out: str, model: str, gallery: str, random_init: bool = False):
+    """One process, no Ray: FastAPI calling the functions the Serve app calls, in a worker thread
+    (on the GPU when there is one, in the Serve app's precision rule)."""
+    import torch
+
+    from reidray.config import resolve_precision
+    from reidray.embed.actor import EncoderActor
+    from reidray.models import get
+    from reidray.serve.app import decode_resize
+    from reidray.serve.galleries import build_index
+    from reidray.serve.timing import span, timed
+    from reidray.store import Store
+
+    store = Store.open(out)
+    spec = get(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder = EncoderActor(model, None, random_init, precision=resolve_precision("auto"), device=device)
+    index = build_index(store, model, gallery, store.cell_marker(model, gallery) or {})
+
+    def answer(scope: dict, body: bytes, k: int) -> list[dict]:
+        with span(scope, "decode"):
+            pixels = decode_resize(body, spec, 40_000_000)
+        with span(scope, "forward"):
+            vector = encoder.embed(torch.from_numpy(pixels[None]).to(device))[0].cpu().numpy()
+        with span(scope, "search"):
+            return index.search(vector, k)
+
+    api = FastAPI()
+
+    @api.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @api.post("/search")
+    async def search(request: Request, k: int = Query(10)):
+        body = await request.body()
+        with span(request.scope, "encode"):
+            hits = await asyncio.to_thread(answer, request.scope, body, k)
+        return JSONResponse({"model": model, "gallery": gallery, "results": hits})
+
+    async def timed_app(scope, receive, send):
+        if scope["type"] == "http":
+            send = timed(scope, send)
+        await api(scope, receive, send)
+
+    return timed_app
+
+
+@contextlib.contextmanager
+def plain_server(out: str, model: str, gallery: str = DATASET, random_init: bool = False) -> Iterator[str]:
+    """The plain baseline in its own process on a free loopback port; stopped on exit."""
+    port = free_port()
+    command = [sys.executable, __file__, "--plain-server", out, "--port", str(port), "--model", model,
+               "--gallery", gallery, *(["--random-init"] if random_init else [])]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the plain server exited with status {proc.returncode}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the plain server did not start within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run_plain(out: str, port: int, model: str, gallery: str, random_init: bool) -> None:
+    import uvicorn
+
+    uvicorn.run(plain_app(out, model, gallery, random_init), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
+
+
+# --- CPU per request -----------------------------------------------------------------------------
+GROUPS = (("ProxyActor", "proxy"), ("Gateway", "ingress"), ("Embedder", "embedder"), ("--plain-server", "plain"))
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process and its descendants (Linux /proc), with each one's group name."""
+    if not os.path.isdir("/proc"):
+        return {}
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tick = os.sysconf("SC_CLK_TCK")
+    out, stack = {}, [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        stack += children.get(pid, [])
+        if pid not in stats:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        group = "client" if pid == os.getpid() else next((g for key, g in GROUPS if key in cmd), "ray, other")
+        out[pid] = (group, (int(stats[pid][11]) + int(stats[pid][12])) / tick)
+    return out
+
+
+def _cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+    """CPU milliseconds per request by process group between two ``_cpu_by_process`` samples."""
+    total: dict[str, float] = {}
+    for pid, (group, seconds) in after.items():
+        total[group] = total.get(group, 0.0) + seconds - before.get(pid, (group, 0.0))[1]
+    return {f"cpu {g}": v * 1e3 / max(requests, 1) for g, v in sorted(total.items()) if v > 0}
+
+
+# --- load ---------------------------------------------------------------------------------------
+@dataclass
+class Level:
+    """One side at one concurrency: client latencies (s), wall time, and the servers' timings (ms)."""
+
+    side: str
+    clients: int
+    latencies: list[float] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
+    wall: float = 0.0
+
+    def row(self) -> dict:
+        lat = np.array(self.latencies) * 1e3
+        hops = {}
+        if self.timings:
+            def spans(name: str) -> np.ndarray:
+                return np.array([t.get(name, 0.0) for t in self.timings])
+
+            app, encode, search = spans("app"), spans("encode"), spans("search")
+            hops = {"proxy": lat[: len(app)] - app, "ingress": app - encode, "encoder": encode - search,
+                    "index": search, "decode": spans("decode"), "forward": spans("forward")}
+            hops = {name: float(np.median(values)) for name, values in hops.items()}
+            hops["batch"] = float(np.mean(spans("batch"))) or 1.0
+        return {"side": self.side, "clients": self.clients, "requests": len(lat),
+                "requests_per_s": len(lat) / self.wall if self.wall else 0.0,
+                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), **hops}
+
+
+async def run_level(url: str | list[str], side: str, clients: int, images: list[bytes], params: dict, *,
+                    seconds: float, max_requests: int, headers: dict | None = None) -> Level:
+    """``clients`` concurrent clients posting ``/search`` until ``seconds`` pass or ``max_requests`` are sent
+    (given several URLs, the clients are spread over them)."""
+    from reidray.serve.timing import parse
+
+    level = Level(side, clients)
+    counter = iter(range(max_requests))
+    stop = time.perf_counter() + seconds
 
     async def client(http: httpx.AsyncClient) -> None:
-        for i in next_index:
+        for i in counter:
+            if time.perf_counter() > stop:
+                return
             start = time.perf_counter()
-            response = await http.post(route, params=params, content=images[i % len(images)],
+            response = await http.post("/search", params=params, content=images[i % len(images)],
                                        headers={"Content-Type": "image/jpeg"})
-            latencies.append(time.perf_counter() - start)
+            level.latencies.append(time.perf_counter() - start)
             response.raise_for_status()
+            if "server-timing" in response.headers:
+                level.timings.append(parse(response.headers["server-timing"]))
 
+    urls = [url] if isinstance(url, str) else url
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as http:
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-    return np.array(latencies)
+    async with contextlib.AsyncExitStack() as stack:
+        https = [await stack.enter_async_context(httpx.AsyncClient(base_url=u, headers=headers or {}, timeout=120,
+                                                                   limits=limits)) for u in urls]
+        started = time.perf_counter()
+        await asyncio.gather(*(client(https[i % len(https)]) for i in range(clients)))
+        level.wall = time.perf_counter() - started
+    return level
 
 
-def measure_level(url: str, headers: dict, route: str, params: dict, images: list[bytes], clients: int,
-                  requests: int) -> dict:
-    """One table row: p50/p99 latency (ms) and requests/s of ``requests`` requests from ``clients`` clients."""
-    start = time.perf_counter()
-    lat = asyncio.run(run_level(url, headers, route, params, images, clients, requests))
-    wall = time.perf_counter() - start
-    return {"endpoint": route, "clients": clients, "requests": len(lat),
-            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "requests_per_s": len(lat) / wall}
+def compare(urls: dict[str, str | list[str]], images: list[bytes], params: dict, levels: list[int], *, seconds: float,
+            max_requests: int = 100_000, headers: dict | None = None, warmup: float = 2.0) -> list[dict]:
+    """Every side at every level, sides alternating within a level; one row per (level, side)."""
+    for side, url in urls.items():  # models loaded, indexes built, connections open
+        asyncio.run(run_level(url, side, 4, images, params, seconds=warmup, max_requests=1000, headers=headers))
+    rows = []
+    for n, clients in enumerate(levels):
+        order = list(urls) if n % 2 == 0 else list(reversed(urls))
+        for side in order:
+            before = _cpu_by_process()
+            level = asyncio.run(run_level(urls[side], side, clients, images, params, seconds=seconds,
+                                          max_requests=max_requests, headers=headers))
+            cpu = _cpu_per_request(before, _cpu_by_process(), len(level.latencies))
+            rows.append({**level.row(), **cpu})
+    return sorted(rows, key=lambda r: (r["clients"], r["side"]))
+
+
+def cpu_markdown(rows: list[dict]) -> str:
+    """CPU milliseconds per request, by process group (a local run: servers under this process)."""
+    groups = sorted({k for r in rows for k in r if k.startswith("cpu ")})
+    lines = ["| clients | side | " + " | ".join(g.removeprefix("cpu ") for g in groups) + " |",
+             "|---:|---|" + "---:|" * len(groups)]
+    for r in rows:
+        lines.append(f"| {r['clients']} | {r['side']} | " + " | ".join(f"{r.get(g, 0.0):.1f}" for g in groups) + " |")
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table: client-side figures, then the medians per hop (ms)."""
+    lines = ["| clients | side | requests/s | p50 (ms) | p99 (ms) | proxy | ingress | encoder | index |"
+             " decode | forward | batch |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{r[h]:.1f}" if h in r else "" for h in (*HOPS, "decode", "forward")]
+        lines.append(f"| {r['clients']} | {r['side']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} "
+                     f"| {r['p99_ms']:.1f} | {' | '.join(cells)} | {r.get('batch', 1.0):.1f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running service; default: start one locally")
+    parser.add_argument("--url", help="a running service (measured alone); default: start both sides locally")
     parser.add_argument("--token", default=os.environ.get("REIDRAY_SERVE_TOKEN"))
     parser.add_argument("--out", help="output root (local start: default a temporary folder)")
     parser.add_argument("--model", default="handcrafted")
     parser.add_argument("--gallery", default=DATASET)
     parser.add_argument("--images", help="folder of query images (with --url); default: the synthetic queries")
     parser.add_argument("--n-ids", type=int, default=100, help="synthetic identities (local start)")
-    parser.add_argument("--levels", default="1,4,16", help="concurrent clients per level")
-    parser.add_argument("--requests", type=int, default=200, help="requests per endpoint and level")
+    parser.add_argument("--levels", default="1,8,32", help="concurrent clients per level")
+    parser.add_argument("--seconds", type=float, default=8.0, help="load per side and level")
+    parser.add_argument("--requests", type=int, default=100_000, help="at most this many per side and level")
+    parser.add_argument("--serve-args", default="{}", help="JSON: extra Serve app args (ServeSettings)")
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="start Ray with Serve's direct ingress (alpha) and measure the replicas' own ports too")
+    parser.add_argument("--plain-server", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--random-init", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plain_server:
+        _run_plain(args.plain_server, args.port, args.model, args.gallery, args.random_init)
+        return
 
+    params = {"model": args.model, "gallery": args.gallery, "k": 10}
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    levels = [int(c) for c in args.levels.split(",")]
+    load_before = os.getloadavg()[0]
     if args.url:
-        url = args.url.rstrip("/")
         queries = sorted(Path(args.images).glob("*.jpg")) if args.images else []
         if not queries:
             parser.error("--url needs --images with .jpg query images")
+        rows = compare({"serve": args.url.rstrip("/")}, [p.read_bytes() for p in queries], params, levels,
+                       seconds=args.seconds, max_requests=args.requests, headers=headers)
     else:
-        url, queries = start_local(args.out or tempfile.mkdtemp(prefix="bench-serve-"), args.n_ids, args.model)
-    images = [p.read_bytes() for p in queries]
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    endpoints = {
-        "/embed": {"model": args.model},
-        "/search": {"model": args.model, "gallery": args.gallery, "k": 10},
-    }
-    for route, params in endpoints.items():  # warm-up: model loaded, gallery index built, connections open
-        asyncio.run(run_level(url, headers, route, params, images, 4, 20))
+        import ray
+        from ray import serve
 
-    rows = []
-    load_before = os.getloadavg()[0]
-    for route, params in endpoints.items():
-        for clients in (int(c) for c in args.levels.split(",")):
-            rows.append(measure_level(url, headers, route, params, images, clients, args.requests))
-    print(f"model {args.model}, gallery {args.gallery}, {len(images)} query images; "
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if args.direct_ingress:
+            os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by Serve's processes when Ray starts
+        out = args.out or tempfile.mkdtemp(prefix="bench-serve-")
+        ray.init(include_dashboard=False, log_to_driver=False)
+        try:
+            queries = prepare(out, args.n_ids, args.model)
+            with plain_server(out, args.model, args.gallery) as plain:
+                serve_url = start_serve(out, **json.loads(args.serve_args))
+                sides: dict[str, str | list[str]] = {"plain": plain, "serve": serve_url}
+                if args.direct_ingress:
+                    sides["serve, direct ingress"] = direct_urls()
+                rows = compare(sides, [p.read_bytes() for p in queries], params, levels, seconds=args.seconds,
+                               max_requests=args.requests)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    print(f"model {args.model}, gallery {args.gallery}, {len(queries)} query images, POST /search k=10; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print("| endpoint | clients | p50 (ms) | p99 (ms) | requests/s |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| POST {r['endpoint']} | {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-              f"| {r['requests_per_s']:.1f} |")
+    print(markdown(rows))
+    if not args.url:
+        print("\nCPU ms per request, by process (client = this benchmark's HTTP clients):")
+        print(cpu_markdown(rows))
     print(json.dumps(rows))
 
 

@@ -30,7 +30,6 @@ are spent, the remaining parts and models are skipped with that reason. Weights 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import importlib.metadata
 import inspect
@@ -75,16 +74,18 @@ class Sizes:
     serve_model: str
     serve_ids: int
     serve_requests: int
+    serve_seconds: float  # of load per level
     serve_levels: tuple[int, ...]
 
 
 GPU = Sizes(models=MODELS, batch_size=None, forward_seconds=3.0, pipeline_images=3072, precision_ids=20,
-            score_size="msmt", serve_model="dinov2-b14", serve_ids=50, serve_requests=300, serve_levels=(1, 16))
+            score_size="msmt", serve_model="dinov2-b14", serve_ids=50, serve_requests=300, serve_seconds=8.0,
+            serve_levels=(1, 16))
 # One ViT, the quickest to build here: every code path, at the least CPU time (each model adds its
 # builds and Ray Data runs; the others also take seconds per CPU batch).
 SMOKE = Sizes(models=("dinov2-b14",), batch_size=2, forward_seconds=0.0, pipeline_images=16,
               precision_ids=3, score_size="tiny", serve_model="dinov2-b14", serve_ids=3, serve_requests=8,
-              serve_levels=(1, 2))
+              serve_seconds=1.0, serve_levels=(1, 2))
 
 
 class Unavailable(Exception):
@@ -358,16 +359,15 @@ class Run:
         from ray import serve
 
         model = self.sizes.serve_model
-        url, queries = bench_serve.start_local(str(self.work / "serve"), self.sizes.serve_ids, model,
-                                               random_init=True)
+        out = str(self.work / "serve")
+        queries = bench_serve.prepare(out, self.sizes.serve_ids, model, random_init=True)
         try:
+            url = bench_serve.start_serve(out, random_init=True)
             images = [p.read_bytes() for p in queries]
             params = {"model": model, "gallery": bench_serve.DATASET, "k": 10}
-            asyncio.run(bench_serve.run_level(url, {}, "/search", params, images, 4, 8))  # load model and index
-            levels = [{k: round(v, 2) if isinstance(v, float) else v
-                       for k, v in bench_serve.measure_level(url, {}, "/search", params, images, clients,
-                                                             self.sizes.serve_requests).items() if k != "endpoint"}
-                      for clients in self.sizes.serve_levels]
+            rows = bench_serve.compare({"serve": url}, images, params, list(self.sizes.serve_levels),
+                                       seconds=self.sizes.serve_seconds, max_requests=self.sizes.serve_requests)
+            levels = [{k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
         finally:
             serve.shutdown()
         return {"endpoint": "POST /search (k=10)", "model": model, "encoder_device": self.device,

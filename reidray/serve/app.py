@@ -1,9 +1,12 @@
 """The Ray Serve application: ``reidray.serve.app:build_app`` (the import path config files use).
 
 Two deployments. ``Gateway``, the FastAPI ingress, checks each request (token, size, names,
-image), decodes and resizes the image on the CPU exactly as the embed stage does, keeps the
-galleries' faiss indexes, and asks ``Embedder`` (the encoders, on GPUs where present) for
-embeddings. Endpoints::
+image), decodes and resizes the image on the CPU exactly as the embed stage does, and keeps the
+galleries' faiss indexes. Where the encoders get no GPU, the Gateway also runs the image
+encoders itself (``embedder.LocalQueries``: decode, forward pass and search in one batched pass),
+because each hop between deployments cost more than the encoding (docs/benchmarks.md); with
+GPUs, ``Embedder`` holds them and the Gateway sends it resized pixels. ``Embedder`` always
+holds the text towers. Endpoints::
 
     GET  /healthz        liveness, open without a token
     GET  /models         the models served here (and which have a text tower)
@@ -31,6 +34,7 @@ time, from a copy of this module's globals that Serve pickles with the class.
 """
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -52,10 +56,25 @@ from reidray.errors import (
 )
 from reidray.models import MODELS, ModelSpec, uses_camera_ids, weights_status
 from reidray.models.text import NoTextTowerError, has_text_tower, text_models
-from reidray.serve.embedder import DATASET_SEP, TEXT_PREFIX, Embedder, ImageItem, ModelLoadError
-from reidray.serve.galleries import Galleries, GalleryMismatchError, UnknownGalleryError, list_galleries
+from reidray.serve.embedder import (
+    DATASET_SEP,
+    TEXT_PREFIX,
+    Embedder,
+    ImageItem,
+    LocalQueries,
+    LocalQuery,
+    ModelLoadError,
+)
+from reidray.serve.galleries import (
+    Galleries,
+    GalleryIndex,
+    GalleryMismatchError,
+    UnknownGalleryError,
+    list_galleries,
+)
 from reidray.serve.guard import Guard, Policy
 from reidray.serve.settings import ServeSettings, check_exposure, parse_settings, resolve_token
+from reidray.serve.timing import note, span
 from reidray.store import Store
 
 APP_NAME = "reidray"
@@ -194,25 +213,36 @@ def _unavailable_models(settings: ServeSettings) -> dict[str, str]:
     return missing
 
 
-@serve.deployment(name="Gateway", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+# Two replicas by default: one replica's request handling (Serve's and the app's Python, bound to
+# its process) overlaps the other's encoding (docs/benchmarks.md: a small gain at 8 clients on
+# 2 cores). A config file's num_replicas or autoscaling_config overrides it.
+@serve.deployment(name="Gateway", num_replicas=2, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(app)
 class Gateway:
-    """The HTTP API: validation, decoding, galleries; embeddings come from ``Embedder``.
+    """The HTTP API: validation, decoding, galleries; image embeddings from ``LocalQueries`` in this
+    replica (no GPU for encoders) or from ``Embedder``, text embeddings from ``Embedder``.
 
     Serve pickles this class when it is decorated, with the module globals it uses as they are
     then: everything it calls is defined above it.
     """
 
-    def __init__(self, embedder: DeploymentHandle, settings: dict[str, Any]) -> None:
+    def __init__(self, embedder: DeploymentHandle, settings: dict[str, Any], local_images: bool) -> None:
         self.settings: ServeSettings = parse_settings(settings)
         token = resolve_token(self.settings)
         check_exposure(_http_host(), token)
         self.embedder = embedder
+        self.local = LocalQueries(
+            functools.partial(decode_resize, max_pixels=self.settings.max_image_pixels),
+            random_init=self.settings.random_init, weights=self.settings.weights, precision=self.settings.precision,
+            max_models=self.settings.max_models_per_replica, max_batch_size=self.settings.max_batch_size,
+            batch_wait_timeout_s=self.settings.batch_wait_timeout_s,
+        ) if local_images else None
         self.store = Store.open(self.settings.out, read_only=True)
         self.galleries = Galleries(self.store, max_kept=self.settings.max_galleries,
                                    random_init=self.settings.random_init)
         self.unavailable = _unavailable_models(self.settings)
-        app.state.policy = Policy(token=token, max_upload_bytes=self.settings.max_upload_bytes)
+        app.state.policy = Policy(token=token, max_upload_bytes=self.settings.max_upload_bytes,
+                                  server_timing=self.settings.server_timing)
 
     # --- helpers ----------------------------------------------------------------------------
     def _spec(self, model: str) -> ModelSpec:
@@ -227,13 +257,15 @@ class Gateway:
     def _random_init(self, spec: ModelSpec) -> bool:
         return self.settings.random_init and spec.needs_weights
 
-    async def _embed_image(self, request: Request, spec: ModelSpec, camid: int | None,
-                           dataset: str | None) -> np.ndarray:
-        """The image embedded as the cells of ``dataset`` were (camera ids only on the model's
-        training dataset: ``models.uses_camera_ids``)."""
+    async def _image_query(self, request: Request, spec: ModelSpec, camid: int | None, dataset: str | None,
+                           index: GalleryIndex | None = None, k: int = 0) -> tuple[np.ndarray, list[dict] | None]:
+        """The uploaded image's embedding, as the cells of ``dataset`` were embedded (camera ids only
+        on the model's training dataset: ``models.uses_camera_ids``), and, with ``index``, its top-``k`` hits."""
         use_camera = uses_camera_ids(spec, dataset)
         if use_camera and camid is None:
             raise ParameterError(f"model {spec.name} uses {dataset}'s camera id (side information): pass camid=<int>")
+        camid = camid if use_camera else None
+        model_id = f"{spec.name}{DATASET_SEP}{dataset}" if use_camera else spec.name
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
             raise NotAnImageError(
@@ -243,15 +275,28 @@ class Gateway:
         body = await request.body()
         if not body:
             raise ImageDecodeError("the request body is empty; send the bytes of an image")
-        pixels = await asyncio.to_thread(decode_resize, body, spec, self.settings.max_image_pixels)
-        model_id = f"{spec.name}{DATASET_SEP}{dataset}" if use_camera else spec.name
-        handle = self.embedder.options(multiplexed_model_id=model_id)
-        return await _unwrap(handle.embed_images.remote(ImageItem(pixels, camid if use_camera else None)))
+        scope = request.scope
+        if self.local is not None:  # decode, encode and search in one batched pass in this process
+            with span(scope, "encode"):
+                answer = await self.local.answer(LocalQuery(spec, model_id, body, camid, index, k))
+            for name in ("decode_ms", "forward_ms", "search_ms"):
+                note(scope, name.removesuffix("_ms"), getattr(answer, name))
+            note(scope, "batch", answer.batch)
+            return answer.vector, answer.hits
+        with span(scope, "encode"):
+            pixels = await asyncio.to_thread(decode_resize, body, spec, self.settings.max_image_pixels)
+            handle = self.embedder.options(multiplexed_model_id=model_id)
+            embedded = await _unwrap(handle.embed_images.remote(ImageItem(pixels, camid)))
+        note(scope, "forward", embedded.forward_ms)
+        note(scope, "batch", embedded.batch)
+        if index is None:
+            return embedded.vector, None
+        with span(scope, "search"):
+            hits = await asyncio.to_thread(index.search, embedded.vector, k)
+        return embedded.vector, hits
 
-    async def _search(self, spec: ModelSpec, gallery: str, vector: np.ndarray, k: int) -> SearchResponse:
-        index = await self.galleries.index(spec.name, gallery)
-        hits = await asyncio.to_thread(index.search, vector, k)
-        return SearchResponse(model=spec.name, gallery=gallery, metric=index.metric,
+    def _response(self, spec: ModelSpec, index: GalleryIndex, hits: list[dict]) -> SearchResponse:
+        return SearchResponse(model=spec.name, gallery=index.dataset, metric=index.metric,
                               random_init=self._random_init(spec), gallery_size=index.size,
                               results=[Hit(**h) for h in hits])
 
@@ -290,7 +335,7 @@ class Gateway:
                     dataset: str | None = Query(None, description="embed as this dataset's cells were")
                     ) -> EmbedResponse:
         spec = self._spec(model)
-        vector = await self._embed_image(request, spec, camid, dataset)
+        vector, _ = await self._image_query(request, spec, camid, dataset)
         return EmbedResponse(model=model, dim=int(vector.shape[0]), metric=spec.metric, normalized=spec.normalize,
                              random_init=self._random_init(spec), embedding=vector.tolist())
 
@@ -298,9 +343,9 @@ class Gateway:
     async def search(self, request: Request, model: str = Query(...), gallery: str = Query(...),
                      k: int = Query(10, ge=1, le=MAX_K), camid: int | None = Query(None)) -> SearchResponse:
         spec = self._spec(model)
-        await self.galleries.index(model, gallery)  # an unknown gallery fails before any embedding work
-        vector = await self._embed_image(request, spec, camid, gallery)
-        return await self._search(spec, gallery, vector, k)
+        index = await self.galleries.index(model, gallery)  # an unknown gallery fails before any embedding work
+        _, hits = await self._image_query(request, spec, camid, gallery, index, k)
+        return self._response(spec, index, hits)
 
     @app.post("/search/text")
     async def search_text(self, query: TextQuery) -> SearchResponse:
@@ -310,10 +355,10 @@ class Gateway:
             raise NoTextTowerError(f"model {spec.name} has no text tower; text queries work with: "
                                    + (", ".join(usable) or f"none on this server (weights missing for "
                                                            f"{', '.join(text_models())})"))
-        await self.galleries.index(spec.name, query.gallery)
+        index = await self.galleries.index(spec.name, query.gallery)
         handle = self.embedder.options(multiplexed_model_id=TEXT_PREFIX + spec.name)
         vector = await _unwrap(handle.embed_texts.remote(query.text))
-        return await self._search(spec, query.gallery, vector, query.k)
+        return self._response(spec, index, await asyncio.to_thread(index.search, vector, query.k))
 
 
 def _cluster_gpus() -> float:
@@ -326,13 +371,15 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """The bound application from Serve app args (see ``ServeSettings``).
 
     Replica counts and autoscaling are Serve's own deployment options (``deployments:`` in the
-    config file), not reidray's.
+    config file), not reidray's. Image encoders run in the ingress (``LocalQueries``) unless the
+    settings say otherwise or the encoders get GPUs, where the ``Embedder`` holds them.
     """
     settings = parse_settings(args)
     num_gpus = settings.num_gpus if settings.num_gpus is not None else _cluster_gpus()
+    local_images = settings.image_encoders == "ingress" or (settings.image_encoders == "auto" and not num_gpus)
     embedder = Embedder.options(ray_actor_options={"num_cpus": 1, "num_gpus": num_gpus}).bind(
         random_init=settings.random_init, weights=settings.weights, precision=settings.precision,
         max_models_per_replica=settings.max_models_per_replica, max_batch_size=settings.max_batch_size,
         batch_wait_timeout_s=settings.batch_wait_timeout_s,
     )
-    return Gateway.bind(embedder, settings.model_dump())
+    return Gateway.bind(embedder, settings.model_dump(), local_images)

@@ -95,18 +95,24 @@ class GalleryIndex:
 
     def search(self, query: np.ndarray, k: int) -> list[dict]:
         """Top-k gallery rows for one query vector, best first."""
+        return self.search_many(np.asarray(query).reshape(1, -1), [k])[0]
+
+    def search_many(self, queries: np.ndarray, ks: list[int]) -> list[list[dict]]:
+        """Top-``ks[i]`` gallery rows for each query vector [N, dim]: one index pass for the batch."""
         import faiss
 
-        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.shape[1] != self.index.d:
             raise GalleryMismatchError(f"gallery {self.model}/{self.dataset} holds {self.index.d}-d embeddings, "
                                        f"the query is {q.shape[1]}-d; re-embed the gallery with this model")
         if self.metric == "cosine":
             faiss.normalize_L2(q)
-        k = min(k, self.size)
-        distances, rows = self.index.search(q, k)
+        distances, rows = self.index.search(q, min(max(ks), self.size))
+        return [self._hits(d[:k], r[:k]) for d, r, k in zip(distances, rows, ks)]
+
+    def _hits(self, distances: np.ndarray, rows: np.ndarray) -> list[dict]:
         hits = []
-        for rank, (d, row) in enumerate(zip(distances[0], rows[0]), start=1):
+        for rank, (d, row) in enumerate(zip(distances, rows), start=1):
             if row < 0:
                 break
             score = float(d) if self.metric == "cosine" else -float(np.sqrt(max(float(d), 0.0)))
@@ -115,7 +121,7 @@ class GalleryIndex:
         return hits
 
 
-def _build(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex:
+def build_index(store: Store, model: str, dataset: str, marker: dict) -> GalleryIndex:
     """Read the cell's gallery rows and index them (runs in a worker thread)."""
     import faiss
 
@@ -237,7 +243,7 @@ class Galleries:
                 kept.checked_at = time.monotonic()
             else:
                 try:
-                    kept = await asyncio.to_thread(_build, self.store, model, dataset, marker)
+                    kept = await asyncio.to_thread(build_index, self.store, model, dataset, marker)
                 except GalleryMismatchError as exc:  # listed as not searchable, with the reason, from now on
                     self._verified[key] = (marker.get("fingerprint", ""), str(exc))
                     raise

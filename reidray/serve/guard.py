@@ -3,7 +3,8 @@
 Serve's HTTP ingress has neither (ray.md: no authentication, a 50 MB body accepted), so the app
 enforces both, as one ASGI middleware in front of FastAPI: nothing an unauthenticated or
 oversized request sends reaches a route, the docs pages included. Only ``/healthz`` is open, for
-load balancers and Kubernetes probes.
+load balancers and Kubernetes probes. Being first, it also starts the opt-in ``Server-Timing``
+header (``timing``), so the header's ``app`` span covers these checks too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
+from reidray.serve.timing import timed
+
 OPEN_PATHS = frozenset({"/healthz"})
 
 
@@ -23,6 +26,7 @@ class Policy:
 
     token: str | None
     max_upload_bytes: int
+    server_timing: bool = False
 
 
 def token_matches(header: str | None, token: str) -> bool:
@@ -52,6 +56,8 @@ class Guard:
         if policy is None:
             await _reply(send, 503, "the service is starting; retry shortly")
             return
+        if policy.server_timing:
+            send = timed(scope, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
         root = scope.get("root_path", "")

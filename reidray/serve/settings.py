@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,7 +42,15 @@ class ServeSettings(BaseModel):
     max_models_per_replica: int = Field(default=3, gt=0, description="encoders kept per replica (LRU)")
     max_galleries: int = Field(default=4, gt=0, description="faiss indexes kept per ingress replica (LRU)")
     max_batch_size: int = Field(default=16, gt=0)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    batch_wait_timeout_s: float = Field(
+        default=0.0, ge=0, description="wait this long for a batch to fill; 0: take what queued during the last pass"
+    )
+    image_encoders: Literal["auto", "ingress", "embedder"] = Field(
+        default="auto", description="where image encoders run; auto: in the ingress unless encoders get GPUs"
+    )
+    server_timing: bool = Field(
+        default=False, description="add a Server-Timing header with the time per hop (benchmarks; serve.timing)"
+    )
     num_gpus: float | None = Field(
         default=None, ge=0, description="per encoder replica; default: 1 if the cluster has GPUs at deploy time"
     )

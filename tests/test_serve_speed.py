@@ -1,0 +1,48 @@
+"""A loose floor under the Serve app's throughput, against a plain process doing the same search.
+
+Both sides run in this test, on 127.0.0.1, over the same stored cell (benchmarks/bench_serve.py
+has the servers and the load loop; docs/benchmarks.md the full table): Serve at 8 concurrent
+clients must answer at least half as many searches per second as one plain FastAPI process. The
+design that put the encoder in the ingress roughly doubled Serve's figure; losing that (another
+hop per query, a batch that waits, a per-request cost in the ingress) falls below the floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from benchmarks.bench_serve import DATASET, plain_server, prepare, run_level, start_serve
+
+CLIENTS = 8
+SECONDS = 3.0  # per side and round
+FLOOR = 0.5
+
+
+@pytest.mark.slow
+def test_serve_keeps_at_least_half_the_plain_process_throughput_at_8_clients(ray_session, tmp_path):
+    from ray import serve
+
+    out = str(tmp_path)
+    images = [p.read_bytes() for p in prepare(out, 30, "handcrafted")]
+    params = {"model": "handcrafted", "gallery": DATASET, "k": 10}
+    serve.shutdown()  # HTTP options apply only to a fresh Serve
+    try:
+        with plain_server(out, "handcrafted") as plain:
+            urls = {"plain": plain, "serve": start_serve(out)}
+            served = {side: 0 for side in urls}
+            seconds = {side: 0.0 for side in urls}
+            for side, url in urls.items():  # warm-up: models loaded, indexes built
+                asyncio.run(run_level(url, side, 4, images, params, seconds=1.0, max_requests=200))
+            for order in (("plain", "serve"), ("serve", "plain")):  # both sides meet the same machine load
+                for side in order:
+                    level = asyncio.run(run_level(urls[side], side, CLIENTS, images, params, seconds=SECONDS,
+                                                  max_requests=2000))
+                    served[side] += len(level.latencies)
+                    seconds[side] += level.wall
+    finally:
+        serve.shutdown()
+    rate = {side: served[side] / seconds[side] for side in urls}
+    assert served["serve"] > 0 and served["plain"] > 0
+    assert rate["serve"] >= FLOOR * rate["plain"], rate

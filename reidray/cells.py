@@ -12,7 +12,7 @@ Nothing here imports torch, Ray or another reidray stage.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +34,7 @@ IMAGE_ID, PATH = MANIFEST_SCHEMA.names[:2]
 # The manifest columns stored beside every embedding: what scoring and serving need of an image.
 LABELS: tuple[str, ...] = ("image_id", "pid", "camid", "split")
 EMBEDDING = "embedding"
+_OPTIONAL = ("source",)  # record fields an older cell.json may lack
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class CellRecord:
     steady_images_per_second: float | None = None
     encoder_busy_fraction: float | None = None  # see embed.progress.ProgressTracker.busy_fraction
     created_at: str = ""
+    # an encoder by reference (models/references): library, version, resolved config; {} for registered
+    # models, whose older records lack the field (the fingerprint still holds it when it matters)
+    source: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
 
     @property
@@ -82,8 +86,8 @@ class CellRecord:
         """A stored cell as its ``cell.json`` describes it; a marker without every stored field
         (written by an older reidray, or edited) is a CellError naming what is missing."""
         stored = [f.name for f in fields(cls) if f.name != "skipped"]
-        missing = [name for name in stored if name not in marker]
+        missing = [name for name in stored if name not in marker and name not in _OPTIONAL]
         if missing:
             where = f"{marker.get('model', '?')}/{marker.get('dataset', '?')}"
             raise CellError(f"cell {where}: its cell.json lacks {', '.join(missing)}; rerun embed for it")
-        return cls(**{name: marker[name] for name in stored}, skipped=skipped)
+        return cls(**{name: marker[name] for name in stored if name in marker}, skipped=skipped)

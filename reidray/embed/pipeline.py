@@ -30,7 +30,7 @@ from reidray.embed.progress import ProgressTracker, tracker_name, watch
 from reidray.errors import CellError, user_error
 from reidray.models import get
 from reidray.models.preprocess import resize_key
-from reidray.store import Store, fingerprint, manifest_hash
+from reidray.store import Store, dir_name, fingerprint, manifest_hash
 
 
 def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
@@ -46,6 +46,8 @@ def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifes
             "precision": precision,
             "preprocess": [*resize_key(spec), spec.mean, spec.std],
             "manifest": manifest_digest,
+            # an encoder by reference: its library, version and resolved config (registered models: none)
+            **({"source": spec.source} if spec.source else {}),
         }
     )
 
@@ -150,7 +152,7 @@ def embed_cell(
 
     def write() -> None:
         try:
-            ds.write_parquet(store.uri("embeddings", model, dataset),
+            ds.write_parquet(store.uri("embeddings", dir_name(model), dir_name(dataset)),
                              filesystem=None if "://" in store.root else store.fs)
         except BaseException as exc:  # handed to the driver thread below
             failure.append(exc)
@@ -176,7 +178,7 @@ def embed_cell(
         dim=written.schema.field(EMBEDDING).type.list_size, embed_seconds=seconds, device=res.device,
         precision=res.precision, random_init=random_init, weights_id=spec.weights_id, paradigm=spec.paradigm,
         params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize, steady_images_per_second=steady,
-        encoder_busy_fraction=busy, created_at=datetime.now(timezone.utc).isoformat(),
+        encoder_busy_fraction=busy, created_at=datetime.now(timezone.utc).isoformat(), source=spec.source,
     )
     store.write_json(f"{cell_dir}/cell.json", cell.to_marker())
     return cell

@@ -44,6 +44,17 @@ class ModelEntry(BaseModel):
     precision: Precision | None = Field(default=None, description="overrides embed.precision for this model")
 
 
+class DatasetEntry(BaseModel):
+    """A dataset of one's own in a job file: its name and source (see ``datasets/custom.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    source: str = Field(description="market-style:<folder>, manifest:<file>, or a .csv/.parquet file")
+    protocol: Literal["market", "no-camera-filter"] | None = Field(
+        default=None, description="default: market, or no-camera-filter for a manifest without camid"
+    )
+
+
 class EmbedSettings(BaseModel):
     """How the embed stage asks Ray for resources."""
 
@@ -84,7 +95,9 @@ class JobConfig(BaseModel):
     data_root: str | None = None
     output: str = Field(default_factory=lambda: default_output())
     models: list[ModelEntry] = Field(default_factory=list)
-    datasets: list[str] = Field(default_factory=list)
+    datasets: list[str | DatasetEntry] = Field(
+        default_factory=list, description="registered names, sources ([name=]market-style:<folder>, <file>.csv), entries"
+    )
     dataset_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     random_init: bool = False
     synthetic: dict[str, int] = Field(default_factory=dict, description="generate() size options")

@@ -66,14 +66,17 @@ def resolve_grid(job: JobConfig, store: Store, say: Say) -> Grid:
 def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
     if job.data_root is not None and not Path(job.data_root).is_dir():
         raise ReidrayError(f"data root {job.data_root} does not exist or is not a folder")
-    for name in job.datasets:
+    requested = datasets.custom.declare_all(job.datasets)  # your own datasets checked up front, named
+    for name in requested:
         datasets.get(name)  # unknown names fail before any work
     found = datasets.discover(job.data_root) if job.data_root else {}
-    wanted = job.datasets or (sorted(found) if found else [SYNTHETIC])
+    wanted = requested or (sorted(found) if found else [SYNTHETIC])
     chosen: dict[str, Path] = {}
     uploaded: dict[str, tuple[str, str]] = {}
     for name in wanted:
-        if name == SYNTHETIC and SYNTHETIC not in found:
+        if datasets.custom.folder(name) is not None:
+            chosen[name] = datasets.custom.folder(name)
+        elif name == SYNTHETIC and SYNTHETIC not in found:
             root = Path(job.data_root) if job.data_root else synthetic_root(store)
             say(f"synthetic dataset {SYNTHETIC}: generating (or reusing) under {root}")
             local = datasets.synth.generate(root, **job.synthetic)

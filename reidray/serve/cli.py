@@ -26,6 +26,7 @@ def serve_command(
     max_models: int = 3,
     num_gpus: float | None = None,
     say: Callable[[str], None] = print,
+    references: list[str] | None = None,
 ) -> None:
     """Serve the encoders and the galleries stored under ``out`` on ``host:port`` until interrupted.
 
@@ -41,12 +42,17 @@ def serve_command(
 
     token = token or os.environ.get(TOKEN_ENV) or None
     check_exposure(host, token)
+    from reidray.models import get
+
+    for name in references or []:
+        get(name)  # a wrong reference fails here, before anything starts
     store = Store.open(out)
     root = store.root if "://" in store.root else store.base  # replicas do not share our working directory
     args = {
         "out": root, "token": token, "random_init": random_init, "weights": {k: str(Path(v).expanduser().resolve())
                                                                               for k, v in (weights or {}).items()},
         "max_upload_bytes": int(max_upload_mb * MB), "max_models_per_replica": max_models, "num_gpus": num_gpus,
+        "references": list(references or []),
     }
     connect(address)  # before build_app, which looks for GPUs in the cluster
     application = build_app(args)

@@ -170,3 +170,26 @@ def test_resize_policies_keep_the_input_size(person_crops, policy):
     assert pixels.shape == (128, 64, 3)
     if policy == "pad":  # the border is the mean colour, which normalises to zero
         assert tuple(pixels[0, 0]) == tuple(round(m * 255) for m in spec.mean)
+
+
+def test_torchreid_loads_a_weights_file_and_equals_its_test_transform_and_forward(tmp_path, person_crops):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchreid
+
+    torch.manual_seed(5)
+    net = torchreid.models.build_model("osnet_x0_25", num_classes=7, loss="softmax", pretrained=False).eval()
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "mine.pth")
+    images = person_crops(3)
+    encoder, got = ours("torchreid:osnet_x0_25", images, weights=tmp_path / "mine.pth")
+    _, test_transform = torchreid.data.transforms.build_transforms(256, 128)
+    with torch.inference_mode():
+        want = net(torch.stack([test_transform(im) for im in images]))
+    assert (encoder.spec.metric, encoder.spec.normalize, encoder.random_init) == ("euclidean", False, False)
+    assert close(got, want) < TOL
+    other = torchreid.models.build_model("osnet_x0_5", num_classes=7, loss="softmax", pretrained=False)
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(Exception, match="does not match torchreid's osnet_x0_25"):
+        models.build("torchreid:osnet_x0_25", weights=tmp_path / "other.pth")

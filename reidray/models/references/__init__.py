@@ -217,13 +217,25 @@ def on_meta(make: Callable[[], Any]) -> Any:
         return make()
 
 
-def output_dim(forward: Callable[[Any], Any], module: Any, input_size: tuple[int, int]) -> int:
-    """The embedding length, from one forward pass of zeros on the module's device."""
+def probe(forward: Callable[[Any], Any], module: Any, input_size: tuple[int, int]) -> Any:
+    """One forward pass of zeros, on the module's device; an op the meta device lacks makes it run
+    on the CPU instead (``to_empty``: only shapes are read, so uninitialised weights do)."""
     import torch
 
     device = next((p.device for p in module.parameters()), torch.device("cpu")) if hasattr(module, "parameters") else "cpu"
     with torch.inference_mode():
-        out = forward(torch.zeros(1, 3, *input_size, device=device))
+        try:
+            return forward(torch.zeros(1, 3, *input_size, device=device))
+        except Exception:
+            if str(device) != "meta":
+                raise
+            module.to_empty(device="cpu")
+            return forward(torch.zeros(1, 3, *input_size))
+
+
+def output_dim(forward: Callable[[Any], Any], module: Any, input_size: tuple[int, int]) -> int:
+    """The embedding length, measured by ``probe``."""
+    out = probe(forward, module, input_size)
     if out.ndim != 2:
         raise ReidrayError(f"the embedding has shape {tuple(out.shape)}, not [N, D]")
     return int(out.shape[1])

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from reidray.errors import ReidrayError, WeightsNotFoundError
 from reidray.models import weights as _weights
-from reidray.models.references import Reference, count_params, make_spec, on_meta, output_dim
+from reidray.models.references import Reference, count_params, make_spec, on_meta, output_dim, probe
 from reidray.models.references.wrap import ReferenceEncoder
 from reidray.models.registry import ModelSpec
 
@@ -106,9 +106,7 @@ def _embedding(ref: Reference, model: torch.nn.Module, size: tuple[int, int]) ->
         return chosen
     if hasattr(model, "get_image_features"):
         return "image-features"
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = model(pixel_values=torch.zeros(1, 3, *size, device=device))
+    out = probe(lambda x: model(pixel_values=x), model, size)
     return "pooler" if getattr(out, "pooler_output", None) is not None else "cls"
 
 

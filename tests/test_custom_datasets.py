@@ -137,3 +137,15 @@ def test_your_encoder_on_your_data_through_all(ray_session, demo, tmp_path):
     report = (out / "report" / "results.md").read_text()
     assert f"| {ENCODER} | custom |" in report and "mycams" in report
     assert "Not in the paper, so evaluated alike and never compared with it" in report
+    # serve: the cell is a gallery under its own names, searchable when the server is given the reference
+    from reidray.serve.app import served_specs
+    from reidray.serve.galleries import Galleries, list_galleries
+    from reidray.serve.settings import ServeSettings
+    from reidray.store import Store
+
+    store = Store.open(str(out))
+    rows = {(row["model"], row["dataset"]): marker for row, marker in list_galleries(store)}
+    assert (ENCODER, "mycams") in rows
+    assert Galleries(store, max_kept=1, random_init=False).problem(ENCODER, "mycams", rows[ENCODER, "mycams"]) is None
+    assert ENCODER in served_specs(ServeSettings(out=str(out), references=[ENCODER]))
+    assert ENCODER not in served_specs(ServeSettings(out=str(out)))  # never one a client names

@@ -84,7 +84,8 @@ class CellRecord:
     @classmethod
     def from_marker(cls, marker: dict[str, Any], *, skipped: bool) -> CellRecord:
         """A stored cell as its ``cell.json`` describes it; a marker without every stored field
-        (written by an older reidray, or edited) is a CellError naming what is missing."""
+        (written by an older reidray, or edited) is a CellError naming what is missing. ``source``
+        alone may be absent (records written before encoders by reference: registered models)."""
         stored = [f.name for f in fields(cls) if f.name != "skipped"]
         missing = [name for name in stored if name not in marker and name not in _OPTIONAL]
         if missing:

@@ -56,6 +56,26 @@ def test_timm_equals_timms_own_transform_and_forward(person_crops):
         assert close(got, unit(want)) < TOL, ref
 
 
+def test_timm_loads_weights_found_under_reidray_weights(tmp_path, monkeypatch):
+    import safetensors.torch
+    import timm
+
+    torch.manual_seed(9)
+    published = timm.create_model("resnet18.a1_in1k", pretrained=False).eval()  # with its classifier
+    folder = tmp_path / "timm" / "resnet18.a1_in1k"
+    folder.mkdir(parents=True)
+    safetensors.torch.save_file(published.state_dict(), str(folder / "model.safetensors"))
+    monkeypatch.setenv("REIDRAY_WEIGHTS", str(tmp_path))
+    images = squares(2)
+    assert models.weights_status("timm:resnet18.a1_in1k") == (True, str(folder / "model.safetensors"))
+    encoder, got = ours("timm:resnet18.a1_in1k", images)
+    published.reset_classifier(0)
+    transform = timm.data.create_transform(**{**timm.data.resolve_model_data_config(published), "crop_pct": 1.0})
+    with torch.inference_mode():
+        want = published(torch.stack([transform(im) for im in images]))
+    assert not encoder.random_init and close(got, unit(want)) < TOL
+
+
 def test_open_clip_equals_encode_image_with_its_preprocess(person_crops):
     import open_clip
 

@@ -89,7 +89,8 @@ def parse_source(text: str, protocol: str | None = None, name: str | None = None
 
 
 def declare(source: Source) -> DatasetSpec:
-    """Check ``source`` up front and make its name resolvable with ``datasets.get`` in this process."""
+    """Check ``source`` up front and make its name resolvable with ``datasets.get`` in this process
+    (declaring a name again replaces it: a notebook may point it elsewhere)."""
     from reidray.datasets.registry import REGISTRY
 
     if not NAME.fullmatch(source.name):
@@ -98,9 +99,6 @@ def declare(source: Source) -> DatasetSpec:
         raise ReidrayError(f"dataset name {source.name!r} is a registered dataset's; give {source.path} another name")
     if source.protocol is not None and source.protocol not in PROTOCOLS:
         raise ReidrayError(f"dataset {source.name}: protocol {source.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    earlier = _DECLARED.get(source.name)
-    if earlier is not None and earlier.note != str(source.path):
-        raise ReidrayError(f"dataset name {source.name!r} is given to both {earlier.note} and {source.path}")
     if source.kind == MARKET_STYLE:
         spec = _market_style(source)
     else:
@@ -112,12 +110,15 @@ def declare(source: Source) -> DatasetSpec:
 def declare_all(entries: list[Any]) -> list[str]:
     """The dataset names of a job's ``datasets:`` list, declaring each source (a string like
     ``mycams=market-style:/data/x`` or an entry with ``name``, ``source``, ``protocol``) on the way."""
-    names = []
+    names, sources = [], {}
     for entry in entries:
-        if isinstance(entry, str):
-            names.append(declare(parse_source(entry)).name if is_source(entry) else entry)
-        else:
-            names.append(declare(parse_source(entry.source, entry.protocol, entry.name)).name)
+        if isinstance(entry, str) and not is_source(entry):
+            names.append(entry)
+            continue
+        source = parse_source(entry) if isinstance(entry, str) else parse_source(entry.source, entry.protocol, entry.name)
+        if sources.setdefault(source.name, source.path) != source.path:
+            raise ReidrayError(f"dataset name {source.name!r} is given to both {sources[source.name]} and {source.path}")
+        names.append(declare(source).name)
     return names
 
 

@@ -37,13 +37,12 @@ def serve_command(
     from ray import serve
 
     from reidray.connect import connect
+    from reidray.models import get
     from reidray.serve.app import APP_NAME, build_app
     from reidray.store import Store
 
     token = token or os.environ.get(TOKEN_ENV) or None
     check_exposure(host, token)
-    from reidray.models import get
-
     for name in references or []:
         get(name)  # a wrong reference fails here, before anything starts
     store = Store.open(out)

@@ -35,6 +35,7 @@ IMAGE_ID, PATH = MANIFEST_SCHEMA.names[:2]
 # The manifest columns stored beside every embedding: what scoring and serving need of an image.
 LABELS: tuple[str, ...] = ("image_id", "pid", "camid", "split")
 EMBEDDING = "embedding"
+_OPTIONAL = ("source",)  # record fields an older cell.json may lack
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class CellRecord:
     nodes: list[str] = field(default_factory=list)  # the Ray node ids the encoder actors ran on
     parts: tuple[Part, ...] = ()  # every Parquet part of the cell, no other; their rows sum to n_images
     total_bytes: int = 0  # the parts' sizes summed
+    # an encoder by reference (models/references): library, version, resolved config; {} for registered
+    # models, whose older records lack the field (the fingerprint still holds it when it matters)
+    source: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
 
     @property
@@ -94,9 +98,10 @@ class CellRecord:
     @classmethod
     def from_marker(cls, marker: dict[str, Any], *, skipped: bool) -> CellRecord:
         """A stored cell as its ``cell.json`` describes it; a marker without every stored field
-        (written by an older reidray, or edited) is a CellError naming what is missing."""
+        (written by an older reidray, or edited) is a CellError naming what is missing. ``source``
+        alone may be absent (records written before encoders by reference: registered models)."""
         stored = [f.name for f in fields(cls) if f.name != "skipped"]
-        missing = [name for name in stored if name not in marker]
+        missing = [name for name in stored if name not in marker and name not in _OPTIONAL]
         where = f"{marker.get('model', '?')}/{marker.get('dataset', '?')}"
         if missing:
             raise CellError(f"cell {where}: its cell.json lacks {', '.join(missing)}; rerun embed for it")
@@ -104,7 +109,8 @@ class CellRecord:
             parts = tuple(Part(**part) for part in marker["parts"])
         except TypeError as exc:
             raise CellError(f"cell {where}: its cell.json lists malformed parts ({exc}); rerun embed for it") from None
-        return cls(**{name: marker[name] for name in stored if name != "parts"}, parts=parts, skipped=skipped)
+        return cls(**{name: marker[name] for name in stored if name != "parts" and name in marker}, parts=parts,
+                   skipped=skipped)
 
 
 def nonfinite(table: pa.Table) -> tuple[int, list[str]]:

@@ -45,6 +45,17 @@ class ModelEntry(BaseModel):
     precision: Precision | None = Field(default=None, description="overrides embed.precision for this model")
 
 
+class DatasetEntry(BaseModel):
+    """A dataset of one's own in a job file: its name and source (see ``datasets/custom.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    source: str = Field(description="market-style:<folder>, manifest:<file>, or a .csv/.parquet file")
+    protocol: Literal["market", "no-camera-filter"] | None = Field(
+        default=None, description="default: market, or no-camera-filter for a manifest without camid"
+    )
+
+
 class EmbedSettings(BaseModel):
     """How the embed stage asks Ray for resources."""
 
@@ -98,7 +109,9 @@ class JobConfig(BaseModel):
     data_root: str | None = None
     output: str = Field(default_factory=lambda: default_output())
     models: list[ModelEntry] = Field(default_factory=list)
-    datasets: list[str] = Field(default_factory=list)
+    datasets: list[str | DatasetEntry] = Field(
+        default_factory=list, description="registered names, sources ([name=]market-style:<folder>, <file>.csv), entries"
+    )
     dataset_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     random_init: bool = False
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
@@ -160,12 +173,17 @@ def load_job(path: str | Path) -> JobConfig:
 
 def unknown_names(job: JobConfig) -> list[tuple[tuple, str]]:
     """Every model or dataset name of ``job`` that is not registered, as (its location, the message)."""
+    from reidray.datasets.custom import is_source
     from reidray.datasets.registry import get as get_dataset
     from reidray.models.registry import get as get_model
 
+    # datasets of one's own (sources, entries) are checked when declared, with their own messages
+    dataset_names = [name if isinstance(name, str) and not is_source(name) else None for name in job.datasets]
     problems = []
-    for key, names, get in (("models", [e.name for e in job.models], get_model), ("datasets", job.datasets, get_dataset)):
+    for key, names, get in (("models", [e.name for e in job.models], get_model), ("datasets", dataset_names, get_dataset)):
         for index, name in enumerate(names):
+            if name is None:
+                continue
             try:
                 get(name)
             except ReidrayError as exc:

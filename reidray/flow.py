@@ -84,14 +84,17 @@ def _skip_line(name: str, where: str, explicit: bool) -> str:
 def _resolve_datasets(job: JobConfig, store: Store, say: Say) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
     if job.data_root is not None and not Path(job.data_root).is_dir():
         raise ReidrayError(f"data root {job.data_root} does not exist or is not a folder")
-    for name in job.datasets:
+    requested = datasets.custom.declare_all(job.datasets)  # your own datasets checked up front, named
+    for name in requested:
         datasets.get(name)  # unknown names fail before any work
     found = datasets.discover(job.data_root) if job.data_root else {}
-    wanted = job.datasets or (sorted(found) if found else [SYNTHETIC])
+    wanted = requested or (sorted(found) if found else [SYNTHETIC])
     chosen: dict[str, Path] = {}
     uploaded: dict[str, tuple[str, str]] = {}
     for name in wanted:
-        if name == SYNTHETIC and SYNTHETIC not in found:
+        if datasets.custom.folder(name) is not None:
+            chosen[name] = datasets.custom.folder(name)
+        elif name == SYNTHETIC and SYNTHETIC not in found:
             root = Path(job.data_root) if job.data_root else synthetic_root(store)
             say(f"synthetic dataset {SYNTHETIC}: generating (or reusing) under {root}")
             local = datasets.synth.generate(root, **job.synthetic.model_dump())
@@ -205,24 +208,29 @@ def _collect(graph: ScoreGraph, say: Say) -> list[str]:
 
 def stored_cells(store: Store, job: JobConfig) -> tuple[list[CellRecord], list[str]]:
     """The stored cells to score: every cell with a record, narrowed to the models and datasets the
-    job names; and a failure line for each named pair (model and dataset both named) not stored."""
+    job names; and a failure line for each named pair (model and dataset both named) not stored.
+    Cells are known by the names their records hold (a folder name is only a safe form of them)."""
     selector = pafs.FileSelector(store.path("embeddings"), recursive=True, allow_not_found=True)
-    found = {tuple(info.path.rsplit("/", 3)[1:3]) for info in store.fs.get_file_info(selector)
-             if info.base_name == CELL_MARKER}
-    if not found:
+    folders = sorted(tuple(info.path.rsplit("/", 3)[1:3]) for info in store.fs.get_file_info(selector)
+                     if info.base_name == CELL_MARKER)
+    if not folders:
         raise ReidrayError(f"nothing embedded yet; run `embed` or `all` (output root {store.root})")
     want_models = [entry.name for entry in job.models]
-    cells, failures = [], []
-    for model, dataset in sorted(found):
-        if (want_models and model not in want_models) or (job.datasets and dataset not in job.datasets):
-            continue
+    want_datasets = datasets.custom.declare_all(job.datasets)
+    cells, failures, found = [], [], set()
+    for model_dir, dataset_dir in folders:
         try:
-            cells.append(store.cell_record(model, dataset))
+            marker = store.read_json(f"{store.path('embeddings', model_dir, dataset_dir)}/{CELL_MARKER}") or {}
+            cell = CellRecord.from_marker(marker, skipped=True)
         except ReidrayError as exc:  # unreadable or incomplete: its old results describe nothing stored
             failures.append(str(exc))
-            store.drop_results(model, dataset)
+            store.delete(store.path("results", f"{model_dir}__{dataset_dir}.parquet"))
+            continue
+        found.add((cell.model, cell.dataset))
+        if (not want_models or cell.model in want_models) and (not want_datasets or cell.dataset in want_datasets):
+            cells.append(cell)
     for model in want_models:
-        for dataset in job.datasets:
+        for dataset in want_datasets:
             if (model, dataset) not in found:
                 failures.append(f"cell {model}/{dataset}: no complete embeddings stored; run `embed` first")
     if not cells and not failures:

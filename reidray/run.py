@@ -282,14 +282,18 @@ def serve(
     max_models: Annotated[int, typer.Option(help="Encoders kept loaded per replica (least recently used evicted).")] = 3,
     num_gpus: Annotated[Optional[float], typer.Option(
         help="GPUs per encoder replica; default: 1 if the cluster has GPUs.")] = None,
+    models: Annotated[Optional[list[str]], typer.Option(
+        "--models", "-m", help="Encoders by reference to serve beside the registry's (timm:..., python:...).")] = None,
 ) -> None:
     """Serve the encoders and the stored galleries over HTTP (Ray Serve) until Ctrl-C."""
+    from reidray.models.references import is_reference
     from reidray.serve.cli import serve_command
 
-    config = build_job(job, None, out, None, None, random_init)
+    config = build_job(job, None, out, models, None, random_init)
     serve_command(config.output, host, port, token, address=address, random_init=config.random_init,
                   weights={e.name: e.weights for e in config.models if e.weights}, max_upload_mb=max_upload_mb,
-                  max_models=max_models, num_gpus=num_gpus, say=say)
+                  max_models=max_models, num_gpus=num_gpus, say=say,
+                  references=[e.name for e in config.models if is_reference(e.name)])
 
 
 def _finish(failures: list[str]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from reidray.errors import CellError, ReidrayError
 
 CELL_MARKER = "cell.json"
 INVALID_MARKER = "invalid.json"  # a later stage found the cell unusable: the next embed redoes it
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray sets it in a submitted job's driver: runtime_env, submission id
 
 
@@ -98,13 +100,13 @@ class Store:
         return self.path("manifests", f"{dataset}.parquet")
 
     def cell_dir(self, model: str, dataset: str) -> str:
-        return self.path("embeddings", model, dataset)
+        return self.path("embeddings", dir_name(model), dir_name(dataset))
 
     def results_dir(self) -> str:
         return self.path("results")
 
     def result_path(self, model: str, dataset: str) -> str:
-        return self.path("results", f"{model}__{dataset}.parquet")
+        return self.path("results", f"{dir_name(model)}__{dir_name(dataset)}.parquet")
 
     def report_dir(self) -> str:
         return self.path("report")
@@ -335,6 +337,17 @@ def id_problem(ids: pa.ChunkedArray, manifest_ids: pa.Array | pa.ChunkedArray | 
         absent = pc.filter(manifest_ids, pc.invert(pc.is_in(manifest_ids, value_set=unique)))
         return f"{len(absent):,} manifest images have no embedding (first: {absent[0]})"
     return None
+
+
+def dir_name(name: str) -> str:
+    """A model or dataset name as a folder name: the name itself when it is safe on every filesystem and
+    object store (every registered name is), else its safe characters and a hash of the whole name
+    (``timm:vit_small.augreg`` -> ``timm_vit_small.augreg-1a2b3c4d``). The name itself stays in
+    ``cell.json`` and the results rows."""
+    if _SAFE_NAME.fullmatch(name) and len(name) <= 100:
+        return name
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:80]
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _absolute(path: str) -> str:

@@ -4,9 +4,9 @@ One module per dataset holds all of that dataset's layout rules (and its synthet
 `registry` lists them and finds them under a data root; `summary` reports what was found.
 """
 
-from reidray.datasets import synth
+from reidray.datasets import custom, synth
 from reidray.datasets.registry import discover, get, load, names
 from reidray.datasets.spec import Counts, DatasetSpec
 from reidray.datasets.summary import summarize, summary_lines
 
-__all__ = ["Counts", "DatasetSpec", "discover", "get", "load", "names", "summarize", "summary_lines", "synth"]
+__all__ = ["Counts", "custom", "DatasetSpec", "discover", "get", "load", "names", "summarize", "summary_lines", "synth"]

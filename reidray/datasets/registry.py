@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from reidray.datasets import (
-    celebreid, cuhk03, dukemtmcreid, grid, iust, last, layout, market1501, market_style, msmt17, pku,
+    celebreid, cuhk03, custom, dukemtmcreid, grid, iust, last, layout, market1501, market_style, msmt17, pku,
 )
 from reidray.config import SYNTHETIC
 from reidray.datasets.spec import DatasetSpec
@@ -41,11 +41,11 @@ def names() -> list[str]:
 
 
 def get(name: str) -> DatasetSpec:
-    """The spec of dataset `name`; UnknownNameError lists the valid names."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("dataset", name, names()) from None
+    """The spec of dataset `name` (registered, or declared by `custom.declare`); UnknownNameError lists the valid names."""
+    spec = REGISTRY.get(name) or custom.declared(name)  # a dataset of one's own, once declared
+    if spec is None:
+        raise UnknownNameError("dataset", name, names())
+    return spec
 
 
 def locate(spec: DatasetSpec, root: str | Path) -> Path:

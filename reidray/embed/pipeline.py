@@ -33,7 +33,9 @@ from reidray.errors import CellError, ReidrayError, one_line, user_error
 from reidray.lease import cell_lease
 from reidray.models import get, uses_camera_ids
 from reidray.models.preprocess import resize_key
-from reidray.store import CellFaultError, Store, fingerprint, id_problem, manifest_hash, seal_parts, verify_cell
+from reidray.store import (
+    CellFaultError, Store, dir_name, fingerprint, id_problem, manifest_hash, seal_parts, verify_cell,
+)
 
 
 def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifest_digest: str,
@@ -50,6 +52,8 @@ def cell_fingerprint(model: str, weights: str | None, random_init: bool, manifes
         "preprocess": [*resize_key(spec), spec.mean, spec.std],
         "manifest": manifest_digest,
     }
+    if spec.source:  # an encoder by reference: its library, version and resolved config
+        facts["source"] = spec.source
     if spec.revision:
         facts["revision"] = spec.revision
     if spec.uses_camera:
@@ -195,7 +199,7 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
 
     def write() -> None:
         try:
-            ds.write_parquet(store.uri("embeddings", model, dataset),
+            ds.write_parquet(store.uri("embeddings", dir_name(model), dir_name(dataset)),
                              filesystem=None if "://" in store.root else store.fs)
         except BaseException as exc:  # handed to the driver thread below
             failure.append(exc)
@@ -223,7 +227,7 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
         precision=res.precision, random_init=random_init, weights_id=spec.weights_id, paradigm=spec.paradigm,
         params_m=spec.params_m, metric=spec.metric, normalize=spec.normalize, steady_images_per_second=steady,
         encoder_busy_fraction=busy, created_at=datetime.now(timezone.utc).isoformat(), nodes=nodes,
-        parts=parts, total_bytes=sum(part.bytes for part in parts),
+        parts=parts, total_bytes=sum(part.bytes for part in parts), source=spec.source,
     )
     store.write_json(f"{cell_dir}/cell.json", cell.to_marker())
     return cell

@@ -37,8 +37,11 @@ def build(
 
     import torch
 
+    from reidray.models import references
     from reidray.models import weights as _weights
 
+    if references.is_reference(name):  # timm:..., python:...: built by the reference's own scheme
+        return references.build(name, weights=weights, random_init=random_init, device=device)
     spec = get(name)
     path = None
     if spec.needs_weights and not random_init:
@@ -54,8 +57,11 @@ def build(
 
 def weights_status(name: str, weights: str | Path | None = None) -> tuple[bool, str]:
     """(available, where the weights are or why not), looking only on this machine (never downloads)."""
+    from reidray.models import references
     from reidray.models import weights as _weights
 
+    if references.is_reference(name):
+        return references.weights_status(name, weights)
     return _weights.status(get(name), weights)
 
 

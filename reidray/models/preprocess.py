@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from reidray.models.registry import ModelSpec
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+RESIZE_POLICIES = ("squash", "crop", "pad")  # how the crop meets the input's aspect (see ``resize``)
 
 
 def resize_key(spec: ModelSpec) -> tuple:
@@ -29,18 +30,37 @@ def resize_key(spec: ModelSpec) -> tuple:
 
 
 def resize(image: Image.Image, spec: ModelSpec) -> np.ndarray:
-    """Squash ``image`` to ``spec.input_size`` (h, w) with the spec's interpolation.
+    """``image`` at ``spec.input_size`` (h, w) by the spec's aspect policy, with its interpolation.
 
+    ``squash`` (every registered model): the whole crop stretched to the input size. ``crop``: scaled
+    to cover the input, then the centre cut out (for square inputs exactly torchvision's
+    ``Resize(size)`` + ``CenterCrop(size)``: the libraries' own test transform at crop fraction 1). ``pad``: the whole crop
+    scaled to fit, centred on the spec's mean colour (so the padding normalises to zero).
     Returns a uint8 array [H, W, 3]: the CPU stage's output, cheap to ship between processes.
     """
-    if spec.resize != "squash":
-        raise ValueError(f"model {spec.name}: unsupported resize policy {spec.resize!r}")
+    if spec.resize not in RESIZE_POLICIES:
+        raise ValueError(f"model {spec.name}: unsupported resize policy {spec.resize!r}; use one of {RESIZE_POLICIES}")
     h, w = spec.input_size
     if image.mode != "RGB":
         image = image.convert("RGB")
-    if image.size != (w, h):
-        image = image.resize((w, h), _RESAMPLE[spec.interpolation])
-    return np.array(image, dtype=np.uint8)
+    if image.size == (w, h):
+        return np.array(image, dtype=np.uint8)
+    resample = _RESAMPLE[spec.interpolation]
+    if spec.resize == "squash":
+        return np.array(image.resize((w, h), resample), dtype=np.uint8)
+    iw, ih = image.size
+    if spec.resize == "crop":
+        # scaled to cover the input, the other side truncated: torchvision's Resize(int) for square inputs
+        size = (w, int(ih * w / iw)) if w / iw >= h / ih else (int(iw * h / ih), h)
+        scaled = image.resize(size, resample) if size != image.size else image
+        left, top = int(round((size[0] - w) / 2.0)), int(round((size[1] - h) / 2.0))
+        return np.array(scaled.crop((left, top, left + w, top + h)), dtype=np.uint8)
+    scale = min(w / iw, h / ih)
+    size = (max(1, round(iw * scale)), max(1, round(ih * scale)))
+    fill = tuple(int(round(m * 255)) for m in spec.mean)
+    canvas = Image.new("RGB", (w, h), fill)
+    canvas.paste(image.resize(size, resample), ((w - size[0]) // 2, (h - size[1]) // 2))
+    return np.array(canvas, dtype=np.uint8)
 
 
 def normalize(pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

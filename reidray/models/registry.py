@@ -31,7 +31,8 @@ Table 1 of the paper counted whole modules; ``paper_params_m`` keeps its figure 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from reidray.errors import UnknownNameError
 
@@ -77,6 +78,9 @@ class ModelSpec:
     paper_name: str = ""  # the name in the paper's Table 1
     paper_params_m: float | None = None  # Table 1's figure
     paper_params_scope: str = ""  # what Table 1's figure counts
+    # an encoder by reference (models/references): its library, version and resolved config, which go
+    # into the cell fingerprint and cell.json; empty for registered models
+    source: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def _spec(**kw: object) -> ModelSpec:
@@ -232,7 +236,12 @@ def names() -> list[str]:
 
 
 def get(name: str) -> ModelSpec:
-    """The spec of ``name``; UnknownNameError lists the valid names."""
+    """The spec of ``name``, a registered name or a reference (``timm:...``, ``python:...``: see
+    ``models/references``, which imports the reference's library); UnknownNameError lists the valid names."""
+    from reidray.models import references
+
+    if references.is_reference(name):
+        return references.spec(name)
     try:
         return MODELS[name]
     except KeyError:

@@ -16,6 +16,7 @@ import polars as pl
 
 from reidray.errors import ReidrayError
 from reidray.report.figures import FigureOut, all_figures
+from reidray.report.paper import PAPER_DATASETS, paper_models
 from reidray.report.frame import METRICS, dataset_order, headline, labels, load_results, short
 from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table
 from reidray.store import Store
@@ -100,10 +101,25 @@ def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | Non
         summary.append(
             f"Random-initialised weights (not results, never compared with the paper): {', '.join(random_labels)}."
         )
+    beyond = _beyond_the_paper(head, datasets)
+    if beyond:
+        summary.append(beyond)
     if stale:
         summary.append(f"Left out, not current ({len(stale)}): " + " ".join(f"{line}." for line in stale))
     tables = [metric_table(head, "mAP"), metric_table(head, "rank1"), paradigm_table(head), comparison_table(head)]
     return Report(summary, tables, all_figures(head))
+
+
+def _beyond_the_paper(head: pl.DataFrame, datasets: list[str]) -> str:
+    """The models and datasets the paper has no figure for (your own encoders and data among them):
+    first-class rows everywhere, but never compared with the paper."""
+    models = [m for m in dict.fromkeys(head["model"].to_list()) if m not in set(paper_models())]
+    others = [d for d in datasets if d not in PAPER_DATASETS]
+    parts = ([f"models {', '.join(models)}"] if models else []) + ([f"datasets {', '.join(others)}"] if others else [])
+    if not parts:
+        return ""
+    return (f"Not in the paper, so evaluated alike and never compared with it: {'; '.join(parts)}. "
+            "Encoders by reference (timm:, open_clip:, hf:, torchreid:, python:) are paradigm custom unless they name one.")
 
 
 def write_report(store: Store, say: Callable[[str], None], missing_ok: bool = False) -> str:

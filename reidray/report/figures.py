@@ -28,6 +28,7 @@ PARADIGM_STYLE = {
     "self-supervised": ("#2ca02c", "^"),
     "hand-crafted": ("#7f7f7f", "D"),
     "control": ("#000000", "X"),
+    "custom": ("#ff7f0e", "*"),
 }
 OTHER_STYLE = ("#9467bd", "P")
 SIZE_TICKS = (0, 1, 10, 100, 1000)

@@ -29,7 +29,8 @@ TRAINING_DOMAIN = "msmt17"
 SURVEILLANCE = ("msmt17", "market1501", "dukemtmcreid", "cuhk03")
 IN_THE_WILD = ("last", "celebreid")
 
-PARADIGMS = ("supervised", "language-aligned", "self-supervised", "hand-crafted", "control")
+# "custom": encoders by reference (models/references) unless their reference names a paradigm
+PARADIGMS = ("supervised", "language-aligned", "self-supervised", "hand-crafted", "control", "custom")
 METRICS = ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")
 REQUIRED = ("model", "paradigm", "params", "dataset", "trial", "aggregate", "random_init", "fingerprint", *METRICS)
 

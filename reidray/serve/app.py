@@ -54,7 +54,7 @@ from reidray.errors import (
     WeightsNotFoundError,
     user_error,
 )
-from reidray.models import MODELS, ModelSpec, uses_camera_ids, weights_status
+from reidray.models import MODELS, ModelSpec, get, uses_camera_ids, weights_status
 from reidray.models.text import NoTextTowerError, has_text_tower, text_models
 from reidray.serve.embedder import (
     DATASET_SEP,
@@ -200,12 +200,18 @@ def _http_host() -> str:
         return "0.0.0.0"
 
 
-def _unavailable_models(settings: ServeSettings) -> dict[str, str]:
-    """Registered models whose weights are not on this server, with the reason (random init needs none)."""
+def served_specs(settings: ServeSettings) -> dict[str, ModelSpec]:
+    """The registry's models and the encoders by reference the settings name (models/references):
+    only those, so a client can never make the server import code by naming it."""
+    return {**MODELS, **{name: get(name) for name in settings.references}}
+
+
+def _unavailable_models(settings: ServeSettings, specs: dict[str, ModelSpec]) -> dict[str, str]:
+    """Served models whose weights are not on this server, with the reason (random init needs none)."""
     if settings.random_init:
         return {}
     missing = {}
-    for name, spec in MODELS.items():
+    for name, spec in specs.items():
         if spec.needs_weights:
             available, where = weights_status(name, settings.weights.get(name))
             if not available:
@@ -240,19 +246,20 @@ class Gateway:
         self.store = Store.open(self.settings.out, read_only=True)
         self.galleries = Galleries(self.store, max_kept=self.settings.max_galleries,
                                    random_init=self.settings.random_init)
-        self.unavailable = _unavailable_models(self.settings)
+        self.specs = served_specs(self.settings)
+        self.unavailable = _unavailable_models(self.settings, self.specs)
         app.state.policy = Policy(token=token, max_upload_bytes=self.settings.max_upload_bytes,
                                   server_timing=self.settings.server_timing)
 
     # --- helpers ----------------------------------------------------------------------------
     def _spec(self, model: str) -> ModelSpec:
-        served = [m for m in MODELS if m not in self.unavailable]
-        if model not in MODELS:
+        served = [m for m in self.specs if m not in self.unavailable]
+        if model not in self.specs:
             raise UnservedModelError(f"unknown model {model!r}; models served here: {', '.join(served)}")
         if model in self.unavailable:
             raise UnservedModelError(f"model {model!r} is not available on this server ({self.unavailable[model]}); "
                                      f"models served here: {', '.join(served)}")
-        return MODELS[model]
+        return self.specs[model]
 
     def _random_init(self, spec: ModelSpec) -> bool:
         return self.settings.random_init and spec.needs_weights
@@ -311,7 +318,7 @@ class Gateway:
             {"name": spec.name, "paradigm": spec.paradigm, "dim": spec.dim, "metric": spec.metric,
              "input_size": list(spec.input_size), "uses_camera": spec.uses_camera, "text": has_text_tower(spec),
              "random_init": self._random_init(spec)}
-            for spec in MODELS.values() if spec.name not in self.unavailable
+            for spec in self.specs.values() if spec.name not in self.unavailable
         ]
         return {"models": rows, "text_models": [m for m in text_models() if m not in self.unavailable],
                 "unavailable": self.unavailable}
@@ -320,9 +327,9 @@ class Gateway:
     async def list_(self) -> dict[str, Any]:
         rows = []
         for row, marker in await asyncio.to_thread(list_galleries, self.store):
-            spec = MODELS.get(row["model"])
+            spec = self.specs.get(row["model"])
             if spec is None:
-                problem = f"model {row['model']} is not registered"
+                problem = f"model {row['model']} is not served here (not registered, nor a reference the server was given)"
             elif spec.name in self.unavailable:
                 problem = f"model {spec.name} is not available on this server ({self.unavailable[spec.name]})"
             else:

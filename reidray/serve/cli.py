@@ -27,6 +27,7 @@ def serve_command(
     max_models: int = 3,
     num_gpus: float | None = None,
     say: Callable[[str], None] = print,
+    references: list[str] | None = None,
 ) -> None:
     """Serve the encoders and the galleries stored under ``out`` on ``host:port`` until interrupted.
 
@@ -37,18 +38,22 @@ def serve_command(
     from ray import serve
 
     from reidray.connect import connect
+    from reidray.models import get
     from reidray.serve.app import APP_NAME, build_app
     from reidray.store import Store
 
     token = clean_token(token or os.environ.get(TOKEN_ENV))
     check_port(port)
     check_exposure(host, token)
+    for name in references or []:
+        get(name)  # a wrong reference fails here, before anything starts
     store = Store.open(out, read_only=True)
     root = store.root if "://" in store.root else store.base  # replicas do not share our working directory
     args = {
         "out": root, "token": token, "random_init": random_init, "weights": {k: str(Path(v).expanduser().resolve())
                                                                               for k, v in (weights or {}).items()},
         "max_upload_bytes": int(max_upload_mb * MB), "max_models_per_replica": max_models, "num_gpus": num_gpus,
+        "references": list(references or []),
     }
     connect(address)  # before build_app, which looks for GPUs in the cluster
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up INFO lines; our line says it

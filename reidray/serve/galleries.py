@@ -63,9 +63,9 @@ def list_galleries(store: Store) -> list[tuple[dict, dict]]:
                 marker = {UNREADABLE: str(exc)}
             if marker is None:
                 continue
-            found.append(({
-                "model": model_dir.base_name,
-                "dataset": dataset_dir.base_name,
+            found.append(({  # the names as recorded: a reference's folder is a safe form of it (store.dir_name)
+                "model": marker.get("model", model_dir.base_name),
+                "dataset": marker.get("dataset", dataset_dir.base_name),
                 "n_images": marker.get("n_images"),
                 "dim": marker.get("dim"),
                 "random_init": bool(marker.get("random_init", False)),

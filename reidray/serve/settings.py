@@ -31,6 +31,9 @@ class ServeSettings(BaseModel):
     token: str | None = Field(default=None, description=f"bearer token; default: ${TOKEN_ENV} on the replica")
     random_init: bool = Field(default=False, description="serve random-weight encoders (tests, throughput)")
     weights: dict[str, str] = Field(default_factory=dict, description="model -> explicit weights path")
+    references: list[str] = Field(
+        default_factory=list, description="encoders by reference served beside the registry's (timm:..., python:...)"
+    )
     precision: Precision = Field(
         default="auto", description="image encoders' arithmetic; auto: the embed stage's (fp32)"
     )

@@ -62,7 +62,7 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         interrupts, previous = _watch_sigint()
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
         except KeyboardInterrupt:
             _interrupted()
         except Exception as exc:
@@ -77,6 +77,9 @@ def user_errors(command: Callable) -> Callable:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        if interrupts:  # a Ctrl-C that Ray's start-up swallowed, or serve's own stop
+            _interrupted()
+        return result
 
     return wrapper
 

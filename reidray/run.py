@@ -157,10 +157,10 @@ def _setup(job, data_root, out, models, datasets, random_init, address, verbose)
 
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
-    check_address(address)
+    address = check_address(address)
     grid = flow.resolve_grid(config, store, say)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say)
+    flow.check_placement(config, say, local=address is None)
     return flow, config, store, grid
 
 
@@ -196,13 +196,14 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
           verbose: VerboseOpt = False) -> None:
     """Score the stored cells (those of the models and datasets named, if any): one Ray task per cell."""
     from reidray import flow
-    from reidray.connect import connect
+    from reidray.connect import check_address, connect
 
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
     cells, failures = flow.stored_cells(store, config)
+    address = check_address(address)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say)
+    flow.check_placement(config, say, local=address is None)
     _finish(failures + flow.score_stored(store, config, cells, say))
 
 

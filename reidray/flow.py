@@ -153,7 +153,6 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
                     score: bool = True) -> list[str]:
     """Embed every cell and, as each completes, start its score task; returns the failures."""
     from reidray.embed.dataset import embed_dataset
-
     from reidray.score.graph import ScoreGraph
 
     graph = ScoreGraph(store, job.score)

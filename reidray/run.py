@@ -201,6 +201,10 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
     cells, failures = flow.stored_cells(store, config)
+    for line in failures:
+        say(f"FAILED {line}")
+    if not cells:  # nothing to score: no Ray to start
+        _finish(failures)
     address = check_address(address)
     connect(address, verbose=verbose)
     flow.check_placement(config, say, local=address is None)

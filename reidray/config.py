@@ -220,7 +220,7 @@ WAIT_ENV = "REIDRAY_WAIT_SECONDS"
 
 
 def wait_seconds() -> float:
-    """How long reidray waits for something outside it (a Ray cluster, a node that fits) before it
+    """How long reidray waits for something outside it (a Ray cluster to answer) before it
     stops and says why: $REIDRAY_WAIT_SECONDS, default 60."""
     value = os.environ.get(WAIT_ENV, "60")
     try:

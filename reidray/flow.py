@@ -6,7 +6,6 @@ Each stage reads what the previous one stored, so each can run alone and be resu
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import pyarrow.fs as pafs
 
 from reidray import datasets, models
 from reidray.cells import PATH, CellRecord
-from reidray.config import SYNTHETIC, WAIT_ENV, JobConfig, wait_seconds
+from reidray.config import SYNTHETIC, JobConfig
 from reidray.errors import ReidrayError
 from reidray.store import CELL_MARKER, Store
 
@@ -139,22 +138,18 @@ def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dic
     return manifests
 
 
-def check_placement(job: JobConfig, say: Say) -> None:
-    """Refuse score tasks no node can hold, after waiting up to ``wait_seconds()`` for one that can
-    (an autoscaler adding it), instead of letting them wait forever."""
+def check_placement(job: JobConfig, say: Say, *, local: bool) -> None:
+    """Refuse score tasks no node can hold on a Ray instance this process started (it never grows),
+    before any embedding; on a joined cluster, say so (an autoscaler may add such a node)."""
     from reidray.score.graph import placement_warning
 
     warning = placement_warning(job.score)
     if warning is None:
         return
-    limit = wait_seconds()
-    say(f"waiting up to {limit:g} s for a node: {warning}")
-    deadline = time.monotonic() + limit
-    while warning is not None and time.monotonic() < deadline:
-        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-        warning = placement_warning(job.score)
-    if warning is not None:
-        raise ReidrayError(f"{warning}; or set {WAIT_ENV} to wait longer for an autoscaler")
+    if local:
+        raise ReidrayError(f"{warning.split(': scoring waits')[0]}: this machine's Ray never has more; "
+                           f"lower score.num_{'g' if 'GPU' in warning else 'c'}pus in the job file")
+    say(f"warning: {warning}")
 
 
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,
@@ -162,7 +157,6 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
     """Embed every cell (all of them cleared and recomputed with ``redo``) and, as each completes,
     start its score task; returns the failures."""
     from reidray.embed.dataset import embed_dataset
-
     from reidray.score.graph import ScoreGraph
 
     graph = ScoreGraph(store, job.score)

@@ -64,7 +64,7 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         interrupts, previous = _watch_sigint()
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
         except KeyboardInterrupt:
             _interrupted()
         except Exception as exc:
@@ -79,6 +79,9 @@ def user_errors(command: Callable) -> Callable:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        if interrupts:  # a Ctrl-C that Ray's start-up swallowed, or serve's own stop
+            _interrupted()
+        return result
 
     return wrapper
 
@@ -156,10 +159,10 @@ def _setup(job, data_root, out, models, datasets, random_init, address, verbose)
 
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
-    check_address(address)
+    address = check_address(address)
     grid = flow.resolve_grid(config, store, say)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say)
+    flow.check_placement(config, say, local=address is None)
     return flow, config, store, grid
 
 
@@ -196,13 +199,18 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
     """Score the stored cells (those of the models and datasets named, if any): one Ray task per cell
     (--redo: drop their results first)."""
     from reidray import flow
-    from reidray.connect import connect
+    from reidray.connect import check_address, connect
 
     config = build_job(job, data_root, out, models, datasets, random_init)
     store = _open_store(config.output)
     cells, failures = flow.stored_cells(store, config)
+    for line in failures:
+        say(f"FAILED {line}")
+    if not cells:  # nothing to score: no Ray to start
+        _finish(failures)
+    address = check_address(address)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say)
+    flow.check_placement(config, say, local=address is None)
     _finish(failures + flow.score_stored(store, config, cells, say, redo=redo))
 
 

@@ -124,9 +124,8 @@ def test_score_tasks_no_node_can_hold_stop_the_run_before_embedding(tmp_path):
     job.write_text("score:\n  num_cpus: 64\n")
     out = tmp_path / "out"
     rc, stdout, err, seconds = cli("all", "--job", str(job), "--out", str(out), "-m", "handcrafted",
-                                   env={"REIDRAY_WAIT_SECONDS": "2", "RAY_ADDRESS": ""})
-    one_line_error(rc, stdout, err, seconds, "asks for 64 CPU(s)", "score.num_cpus", limit=180)
-    assert "waiting up to 2 s for a node" in stdout
+                                   env={"RAY_ADDRESS": ""})
+    one_line_error(rc, stdout, err, seconds, "asks for 64 CPU(s)", "never has more", "score.num_cpus", limit=180)
     assert not (out / "embeddings").exists()
 
 
@@ -222,3 +221,24 @@ def test_the_default_grid_says_what_it_leaves_out_in_short_lines(tmp_path):
     assert all(line.endswith(": no weights on this machine") for line in skips), skips
     assert sum(line == flow.WEIGHTS_POINTER for line in lines) == (1 if skips else 0)
     assert "`python -m reidray.run weights`" in flow.WEIGHTS_POINTER
+
+
+def test_score_names_a_named_cell_that_is_not_stored(tmp_path):
+    """Only the cell asked for and missing fails; nothing is scored, so Ray is never needed."""
+    from reidray.cells import CellRecord
+    from reidray.models import get
+    from reidray.store import Store
+
+    store = Store.open(str(tmp_path))
+    spec = get("handcrafted")
+    record = CellRecord(model="handcrafted", dataset="reidray-synth", fingerprint="f", n_images=1, dim=spec.dim,
+                        embed_seconds=0.0, device="cpu", precision="fp32", random_init=False,
+                        weights_id=spec.weights_id, paradigm=spec.paradigm, params_m=spec.params_m,
+                        metric=spec.metric, normalize=spec.normalize)
+    store.write_json(f"{store.cell_dir('handcrafted', 'reidray-synth')}/cell.json", record.to_marker())
+    line = one_line_error(*cli("score", "--out", str(tmp_path), "-m", "random"),
+                          "no stored cell of the models and datasets named", "stored: handcrafted/reidray-synth")
+    rc, out, err, seconds = cli("score", "--out", str(tmp_path), "-m", "random", "-d", "reidray-synth")
+    assert rc == 1 and seconds < FAST, out + err
+    assert out.splitlines() == ["FAILED cell random/reidray-synth: no complete embeddings stored; run `embed` first"]
+    assert "Traceback" not in err

@@ -90,21 +90,53 @@ def nearest(dist: PairDistances, k: int) -> Neighbours:
             d2 = dist.block(rows, cols).square_()
             _merge(best_d, best_i, far2, rows, d2, b, k)
             if b != a:
-                _merge(best_d, best_i, far2, cols, d2.T.contiguous(), a, k)
+                _merge(best_d, best_i, far2, cols, d2, a, k, transposed=True)
     order = best_d.argsort(dim=1)
     index = best_i.gather(1, order)
     return Neighbours(index.cpu().numpy(), far2.double().cpu().numpy())
 
 
 def _merge(
-    best_d: torch.Tensor, best_i: torch.Tensor, far2: torch.Tensor, rows: slice, d2: torch.Tensor, offset: int, k: int
+    best_d: torch.Tensor,
+    best_i: torch.Tensor,
+    far2: torch.Tensor,
+    items: slice,
+    d2: torch.Tensor,
+    offset: int,
+    k: int,
+    transposed: bool = False,
 ) -> None:
-    """Fold one tile's rows (columns offset by ``offset``) into the running top-k and maximum."""
-    far2[rows] = torch.maximum(far2[rows], d2.amax(dim=1))
-    kk = min(k, d2.shape[1])
-    vals, idx = torch.topk(d2, kk, dim=1, largest=False, sorted=False)
-    vals = torch.cat([best_d[rows], vals], dim=1)
-    idx = torch.cat([best_i[rows], idx.add_(offset)], dim=1)
+    """Fold one tile into the running top-k and maximum of ``items``: the tile's rows (its
+    columns if ``transposed``), against candidates numbered from ``offset``. Once every item
+    holds k candidates, only tile entries below an item's current k-th distance can enter:
+    those few are found by one comparison pass and merged, so most tiles cost a few passes
+    over memory rather than a top-k selection."""
+    axis = 0 if transposed else 1
+    far2[items] = torch.maximum(far2[items], d2.amax(dim=axis))
+    kth = best_d[items].amax(dim=1)
+    if torch.isinf(kth).any():  # items still filling up: a full top-k of the tile
+        rows = d2.T.contiguous() if transposed else d2
+        cand_d, cand_i = torch.topk(rows, min(k, rows.shape[1]), dim=1, largest=False, sorted=False)
+    else:
+        mask = d2 < (kth[None, :] if transposed else kth[:, None])
+        if mask.device.type == "cpu":  # numpy's flat search is ~20x faster than nonzero here
+            flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+        else:
+            flat = mask.view(-1).nonzero().squeeze(1)
+        if len(flat) == 0:
+            return
+        r, c = flat // d2.shape[1], flat % d2.shape[1]
+        item, cand, value = *((c, r) if transposed else (r, c)), d2[r, c]
+        if transposed:  # group by item (the flat search already does for rows)
+            order = torch.argsort(item, stable=True)
+            item, cand, value = item[order], cand[order], value[order]
+        counts = torch.bincount(item, minlength=len(kth))
+        slot = torch.arange(len(item), device=item.device) - (counts.cumsum(0) - counts)[item]
+        cand_d = torch.full((len(kth), int(counts.max())), float("inf"), dtype=d2.dtype, device=d2.device)
+        cand_i = torch.zeros(cand_d.shape, dtype=torch.int64, device=d2.device)
+        cand_d[item, slot], cand_i[item, slot] = value, cand
+    vals = torch.cat([best_d[items], cand_d], dim=1)
+    idx = torch.cat([best_i[items], cand_i.add_(offset)], dim=1)
     keep = torch.topk(vals, k, dim=1, largest=False, sorted=False).indices
-    best_d[rows] = vals.gather(1, keep)
-    best_i[rows] = idx.gather(1, keep)
+    best_d[items] = vals.gather(1, keep)
+    best_i[items] = idx.gather(1, keep)

@@ -211,3 +211,67 @@ def test_rerank_never_allocates_an_n_by_n_matrix() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "does not hold" not in done.stdout
     assert float(done.stdout.split("mAP")[1]) > 0.5
+
+
+def fastreid_aqe(qf: np.ndarray, gf: np.ndarray, k: int, alpha: float, times: int) -> tuple[np.ndarray, np.ndarray]:
+    """fast-reid's published ``aqe`` definition, transcribed densely: every item becomes the mean
+    of its k most cosine-similar items' features (itself included), weighted by similarity**alpha."""
+    feats = np.concatenate([qf, gf]).astype(np.float64)
+    for _ in range(times):
+        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        sims = unit @ unit.T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        weights = np.take_along_axis(sims, top, axis=1) ** alpha
+        feats = (feats[top] * weights[..., None]).mean(axis=1)
+    return feats[: len(qf)], feats[len(qf) :]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_aqe_equals_fastreids_definition(seed: int) -> None:
+    p = clustered_problem(100 + seed)
+    rng = np.random.default_rng(seed)
+    options = {"k": int(rng.integers(1, 12)), "alpha": float(rng.choice([1.0, 3.0])), "times": int(rng.integers(1, 3))}
+    keep = ~p["g_junk"]
+    qe, ge = fastreid_aqe(p["qf"], p["gf"][keep], **options)
+    expanded = {**p, "g_junk": np.zeros(keep.sum(), bool), "g_distractor": p["g_distractor"][keep]}
+    expanded.update(g_pids=p["g_pids"][keep], g_camids=p["g_camids"][keep])
+    for metric in ("cosine", "euclidean"):
+        reference = evaluate(qe, ge, *labels(expanded), metric=metric, g_distractor=expanded["g_distractor"])
+        ours = evaluate(
+            p["qf"], p["gf"], *labels(p), metric=metric, g_junk=p["g_junk"], g_distractor=p["g_distractor"], aqe=options
+        )
+        assert abs(ours["mAP"] - reference["mAP"]) < TOL
+        np.testing.assert_allclose(ours["cmc"], reference["cmc"], rtol=0, atol=TOL)
+
+
+def test_aqe_features_equal_fastreids_definition(monkeypatch) -> None:
+    """The expanded features themselves, with tiles small enough to merge across several."""
+    from reidray.score.expansion import AqeOptions, expand
+
+    monkeypatch.setattr(neighbours, "TILE", 9)
+    p = clustered_problem(7)
+    qe, ge = expand(torch.from_numpy(p["qf"]), torch.from_numpy(p["gf"]), AqeOptions(k=5, alpha=3.0, times=2))
+    ref_q, ref_g = fastreid_aqe(p["qf"], p["gf"], 5, 3.0, 2)
+    np.testing.assert_allclose(qe.numpy(), ref_q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ge.numpy(), ref_g, rtol=1e-5, atol=1e-6)
+
+
+def test_aqe_then_rerank_is_reranking_of_the_expanded_features() -> None:
+    """Both options: expansion first, as fast-reid's evaluator does."""
+    p = clustered_problem(9)
+    qe, ge = fastreid_aqe(p["qf"], p["gf"], 5, 3.0, 1)
+    both = evaluate(p["qf"], p["gf"], *labels(p), aqe={}, rerank={})
+    reference = torchreid_rerank(qe.astype(np.float32), ge.astype(np.float32), "cosine", {})
+    cmc, mAP, _ = torchreid_scores({**p, "g_junk": np.zeros(len(p["gf"]), bool), "g_distractor": np.zeros(len(p["gf"]), bool)}, reference)
+    assert abs(both["mAP"] - mAP) < TOL
+    np.testing.assert_allclose(both["cmc"][: len(cmc)], cmc, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"qe_k": 3}, "unknown query-expansion option"), ({"k": 0}, "k must be"), ({"times": 1.5}, "times must be")],
+)
+def test_bad_aqe_options_are_refused(options: dict, message: str) -> None:
+    p = clustered_problem(0)
+    with pytest.raises(ValueError, match=message):
+        evaluate(p["qf"], p["gf"], *labels(p), aqe=options)

@@ -16,7 +16,7 @@ import polars as pl
 
 from reidray.report.figures import FigureOut, all_figures
 from reidray.report.frame import METRICS, dataset_order, headline, labels, load_results, short
-from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table
+from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table, postprocess_table
 from reidray.store import Store
 
 MARKDOWN = "results.md"
@@ -81,7 +81,8 @@ class Report:
 
 def build_report(results: pl.DataFrame, source: str = "") -> Report:
     """Tables and figures from a results frame (the results schema; any subset of the grid)."""
-    head = headline(results.with_columns(pl.col(m).fill_nan(None) for m in METRICS))
+    results = results.with_columns(pl.col(m).fill_nan(None) for m in METRICS)
+    head = headline(results)
     datasets = dataset_order(head)
     summary = [
         f"{head.height} cells: {len(labels(head))} models x {len(datasets)} datasets "
@@ -94,7 +95,8 @@ def build_report(results: pl.DataFrame, source: str = "") -> Report:
             f"Random-initialised weights (not results, never compared with the paper): {', '.join(random_labels)}."
         )
     tables = [metric_table(head, "mAP"), metric_table(head, "rank1"), paradigm_table(head), comparison_table(head)]
-    return Report(summary, tables, all_figures(head))
+    post = postprocess_table(head, {name: headline(results, name) for name in ("rerank", "aqe")})
+    return Report(summary, tables + ([post] if post else []), all_figures(head))
 
 
 def write_report(store: Store, say: Callable[[str], None]) -> str:

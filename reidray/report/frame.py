@@ -2,7 +2,9 @@
 
 Every table and figure starts from ``headline``: the aggregate row of a multi-trial protocol (GRID's
 mean over its 10 trials), the only row otherwise, labelled so that a random-initialised row can
-never be mistaken for a result. Metrics stay fractions here; tables and figures format percent.
+never be mistaken for a result. The paper's tables and figures read the plain rows (postprocess
+``none``) only; re-ranked and query-expanded rows have their own table. Metrics stay fractions
+here; tables and figures format percent.
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ def load_results(store: Store) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def headline(results: pl.DataFrame) -> pl.DataFrame:
-    """One row per (label, dataset): the aggregate row where a cell has one, else its single row."""
+def headline(results: pl.DataFrame, postprocess: str = "none") -> pl.DataFrame:
+    """One row per (label, dataset) of the ``postprocess`` rows (results written before the
+    column existed are plain): the aggregate row where a cell has one, else its single row."""
+    if "postprocess" not in results.columns:
+        results = results.with_columns(pl.lit(None, pl.String).alias("postprocess"))
+    results = results.filter(pl.col("postprocess").fill_null("none") == postprocess)
     labelled = results.with_columns(
         pl.when(pl.col("random_init"))
         .then(pl.col("model") + RANDOM_INIT_MARK)

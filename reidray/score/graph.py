@@ -36,8 +36,10 @@ def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
 
 
 @ray.remote
-def score_task(root: str, cell: CellEmbedding) -> list[dict]:
-    """Score one stored cell; every failure comes back as a CellError naming the cell.
+def score_task(root: str, cell: CellEmbedding, postprocessing: dict[str, dict] | None = None) -> list[dict]:
+    """Score one stored cell: the plain rows, then one set per ``postprocessing`` entry (name ->
+    evaluate's options; each row's score_seconds is its own pass); every failure comes back as
+    a CellError naming the cell.
 
     Ranking runs on the GPU when the task was given one (``evaluate`` picks CUDA when visible),
     else with one torch thread per CPU the task was given: a reused Ray worker keeps whatever
@@ -52,12 +54,16 @@ def score_task(root: str, cell: CellEmbedding) -> list[dict]:
     spec = get(cell.model)
     try:
         table = joined_cell(Store.open(root), cell.model, cell.dataset)
-        start = time.perf_counter()
-        rows = score_cell(cell.dataset, table, spec.metric, cell=f"{cell.model}/{cell.dataset}")
+        rows = []
+        for postprocess, options in {"none": None, **(postprocessing or {})}.items():
+            start = time.perf_counter()
+            done = score_cell(
+                cell.dataset, table, spec.metric, cell=f"{cell.model}/{cell.dataset}", postprocess=postprocess, options=options
+            )
+            rows += [{**row, "score_seconds": time.perf_counter() - start} for row in done]
     except ReidrayError as exc:
         message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.model}/{cell.dataset}: {exc}"
         raise CellError(message) from None
-    seconds = time.perf_counter() - start
     created = datetime.now(timezone.utc)
     common = {
         "model": cell.model,
@@ -68,7 +74,6 @@ def score_task(root: str, cell: CellEmbedding) -> list[dict]:
         "metric": spec.metric,
         "embed_seconds": cell.embed_seconds,
         "images_per_second": cell.images_per_second,
-        "score_seconds": seconds,
         "device": cell.device,
         "random_init": cell.random_init,
         "fingerprint": cell.fingerprint,
@@ -101,7 +106,7 @@ class ScoreGraph:
 
     def submit(self, cell: CellEmbedding) -> None:
         ref = score_task.options(num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus).remote(
-            self.store.root, cell
+            self.store.root, cell, self.settings.postprocessing()
         )
         self.pending[ref] = cell
 

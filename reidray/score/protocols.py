@@ -20,6 +20,11 @@ gallery); ``is_distractor`` images are gallery negatives only (never a match, ne
   camid -1). One row, ``trial`` 0.
 
 A protocol that needs camera ids refuses a dataset without them (camid -1) instead of guessing.
+
+Post-processing (``postprocess``): ``none`` scores the features as they are; ``rerank`` and
+``aqe`` pass their options down to ``evaluate`` (k-reciprocal re-ranking, average query
+expansion) for every query/gallery pair the protocol scores, trials included. Each row says
+which one it is in ``postprocess``.
 """
 
 from __future__ import annotations
@@ -40,36 +45,52 @@ RANKS = (1, 5, 10, 20)
 GRID_TRIALS = 10
 REQUIRED = ("embedding", "pid", "camid", "split", "is_junk", "is_distractor")
 
-Protocol = Callable[[pa.Table, str, str], list[dict[str, Any]]]
+POSTPROCESS = ("none", "rerank", "aqe")
+
+# (table, metric, cell, evaluate's post-processing keywords) -> rows
+Protocol = Callable[[pa.Table, str, str, dict[str, Any]], list[dict[str, Any]]]
 
 
-def score_cell(dataset: str, table: pa.Table, metric: str, *, cell: str | None = None) -> list[dict[str, Any]]:
+def score_cell(
+    dataset: str,
+    table: pa.Table,
+    metric: str,
+    *,
+    cell: str | None = None,
+    postprocess: str = "none",
+    options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Result rows for one cell: ``dataset``'s protocol applied to ``table``.
 
-    ``cell`` names the cell in error messages (default: the dataset name). Each row has
-    ``protocol``, ``trial``, ``aggregate``, ``mAP``, ``rank1/5/10/20``, ``mINP``, ``cmc`` (the
-    curve to rank 50, a list), ``n_query``, ``n_query_scored``, ``n_gallery``.
+    ``cell`` names the cell in error messages (default: the dataset name). ``postprocess``
+    (``none`` | ``rerank`` | ``aqe``) with its ``options`` (``evaluate``'s ``rerank`` / ``aqe``
+    dict; None = the defaults). Each row has ``protocol``, ``trial``, ``aggregate``,
+    ``postprocess``, ``mAP``, ``rank1/5/10/20``, ``mINP``, ``cmc`` (the curve to rank 50, a
+    list), ``n_query``, ``n_query_scored``, ``n_gallery``.
     """
     if dataset not in PROTOCOLS:
         raise UnknownNameError("dataset", dataset, list(PROTOCOLS))
+    if postprocess not in POSTPROCESS:
+        raise UnknownNameError("post-processing", postprocess, list(POSTPROCESS))
     cell = cell or dataset
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise CellError(f"cell {cell}: the embeddings table lacks column(s) {', '.join(missing)}")
-    return PROTOCOLS[dataset](table, metric, cell)
+    post = {} if postprocess == "none" else {postprocess: dict(options or {})}
+    return [{**row, "postprocess": postprocess} for row in PROTOCOLS[dataset](table, metric, cell, post)]
 
 
-def market(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+def market(table: pa.Table, metric: str, cell: str, post: dict[str, Any]) -> list[dict[str, Any]]:
     """Single split, Market rule."""
-    return [_score(_Images.from_table(table, cell), "market", 0, metric, cell, camera_filter=True)]
+    return [_score(_Images.from_table(table, cell), "market", 0, metric, cell, post, camera_filter=True)]
 
 
-def no_camera_filter(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+def no_camera_filter(table: pa.Table, metric: str, cell: str, post: dict[str, Any]) -> list[dict[str, Any]]:
     """Single split; every same-identity gallery image is a positive (Celeb-reID, LaST)."""
-    return [_score(_Images.from_table(table, cell), "no-camera-filter", 0, metric, cell, camera_filter=False)]
+    return [_score(_Images.from_table(table, cell), "no-camera-filter", 0, metric, cell, post, camera_filter=False)]
 
 
-def grid(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+def grid(table: pa.Table, metric: str, cell: str, post: dict[str, Any]) -> list[dict[str, Any]]:
     """GRID: one row per trial of the released partition, then their mean."""
     if "grid_trials" not in table.column_names:
         raise CellError(f"cell {cell}: GRID needs the manifest column grid_trials (the test trials of each image)")
@@ -82,7 +103,7 @@ def grid(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
             query=images.query & in_trial[:, trial],
             gallery=images.gallery & (in_trial[:, trial] | images.distractor),
         )
-        rows.append(_score(subset, "grid", trial, metric, f"{cell} (GRID trial {trial})", camera_filter=True))
+        rows.append(_score(subset, "grid", trial, metric, f"{cell} (GRID trial {trial})", post, camera_filter=True))
     mean: dict[str, Any] = {"protocol": "grid", "trial": -1, "aggregate": True}
     for key in ("mAP", *(f"rank{r}" for r in RANKS), "mINP"):
         mean[key] = float(np.mean([r[key] for r in rows]))
@@ -133,7 +154,7 @@ class _Images:
 
 
 def _score(
-    images: _Images, protocol: str, trial: int, metric: str, cell: str, *, camera_filter: bool
+    images: _Images, protocol: str, trial: int, metric: str, cell: str, post: dict[str, Any], *, camera_filter: bool
 ) -> dict[str, Any]:
     q, g = images.query, images.gallery
     m = evaluate(
@@ -148,6 +169,7 @@ def _score(
         g_distractor=images.distractor[g],
         camera_filter=camera_filter,
         cell=cell,
+        **post,
     )
     row: dict[str, Any] = {"protocol": protocol, "trial": trial, "aggregate": False, "mAP": m["mAP"]}
     row.update({f"rank{r}": float(m["cmc"][r - 1]) for r in RANKS})

@@ -79,7 +79,9 @@ class ScoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_cpus: float = Field(default=1, gt=0, description="per score task; torch ranks with this many threads")
     num_gpus: float = Field(default=0, ge=0, description="per score task; > 0 ranks on the GPU")
-    rerank: RerankSettings | None = Field(default=None, description="{} for the defaults; adds postprocess 'rerank' rows")
+    rerank: RerankSettings | None = Field(
+        default=None, description="{} for the defaults; adds postprocess 'rerank' rows"
+    )
     aqe: AqeSettings | None = Field(default=None, description="{} for the defaults; adds postprocess 'aqe' rows")
 
     def postprocessing(self) -> dict[str, dict[str, Any]]:

@@ -16,14 +16,16 @@ def complementary(seed: int = 0) -> dict:
     its shape; together they tell all 64 apart."""
     rng = np.random.default_rng(seed)
     colours, shapes = rng.standard_normal((8, 16)) * 2, rng.standard_normal((8, 24)) * 2
-    def images(pids):
-        c, s = pids // 8, pids % 8
-        return (colours[c] + rng.standard_normal((len(pids), 16))).astype(np.float32), (
-            shapes[s] * 5 + 5 * rng.standard_normal((len(pids), 24))  # another scale: z-scores must level it
-        ).astype(np.float32)
+
+    def images(pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        colour = colours[pids // 8] + rng.standard_normal((len(pids), 16))
+        shape = 5 * (shapes[pids % 8] + rng.standard_normal((len(pids), 24)))  # another scale: z-scores level it
+        return colour.astype(np.float32), shape.astype(np.float32)
+
     q_pids, g_pids = np.repeat(np.arange(64), 2), np.repeat(np.arange(64), 4)
     (qa, qb), (ga, gb) = images(q_pids), images(g_pids)
-    return {"a": (qa, ga, "cosine"), "b": (qb, gb, "euclidean"), "labels": (q_pids, g_pids, np.zeros(128, int), np.ones(256, int))}
+    labels = (q_pids, g_pids, np.zeros(128, int), np.ones(256, int))
+    return {"a": (qa, ga, "cosine"), "b": (qb, gb, "euclidean"), "labels": labels}
 
 
 def test_a_fusion_of_complementary_encoders_beats_both() -> None:

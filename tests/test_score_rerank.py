@@ -42,7 +42,9 @@ def clustered_problem(seed: int) -> dict:
         "g_camids": rng.integers(0, 4, n_g),
         "g_junk": rng.random(n_g) < rng.choice([0.0, 0.1]),
         "g_distractor": rng.random(n_g) < rng.choice([0.0, 0.2]),
-        "options": {"k1": int(rng.integers(2, 26)), "k2": int(rng.integers(1, 8)), "lambda_value": rng.uniform(0.1, 0.9)},
+        "options": {
+            "k1": int(rng.integers(2, 26)), "k2": int(rng.integers(1, 8)), "lambda_value": rng.uniform(0.1, 0.9)
+        },
     }
 
 
@@ -79,9 +81,8 @@ def match_ties(p: dict, dist: np.ndarray) -> int:
 
 def has_valid_query(p: dict) -> bool:
     keep = ~p["g_junk"] & ~p["g_distractor"]
-    return any(
-        ((p["g_pids"] == q) & (p["g_camids"] != c) & keep).any() for q, c in zip(p["q_pids"], p["q_camids"], strict=True)
-    )
+    pairs = zip(p["q_pids"], p["q_camids"], strict=True)
+    return any(((p["g_pids"] == q) & (p["g_camids"] != c) & keep).any() for q, c in pairs)
 
 
 def labels(p: dict) -> tuple:
@@ -262,7 +263,8 @@ def test_aqe_then_rerank_is_reranking_of_the_expanded_features() -> None:
     qe, ge = fastreid_aqe(p["qf"], p["gf"], 5, 3.0, 1)
     both = evaluate(p["qf"], p["gf"], *labels(p), aqe={}, rerank={})
     reference = torchreid_rerank(qe.astype(np.float32), ge.astype(np.float32), "cosine", {})
-    cmc, mAP, _ = torchreid_scores({**p, "g_junk": np.zeros(len(p["gf"]), bool), "g_distractor": np.zeros(len(p["gf"]), bool)}, reference)
+    none = np.zeros(len(p["gf"]), bool)
+    cmc, mAP, _ = torchreid_scores({**p, "g_junk": none, "g_distractor": none}, reference)
     assert abs(both["mAP"] - mAP) < TOL
     np.testing.assert_allclose(both["cmc"][: len(cmc)], cmc, rtol=0, atol=TOL)
 

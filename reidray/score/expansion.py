@@ -37,7 +37,8 @@ class AqeOptions:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise ValueError(f"unknown query-expansion option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            valid = ", ".join(sorted(names))
+            raise ValueError(f"unknown query-expansion option(s) {', '.join(unknown)}; valid: {valid}")
         parsed = cls(**options)
         for name in ("k", "times"):
             value = getattr(parsed, name)

@@ -49,11 +49,14 @@ def evaluate_fused(
         qf, _ = _features(qf, "query", cell)
         gf, _ = _features(gf, "gallery", cell)
         if len(qf) != len(members[0][0]) or len(gf) != len(members[0][1]):
-            raise CellError(f"cell {cell}: the members' query or gallery sets differ in size; fuse cells of one dataset")
+            raise CellError(
+                f"cell {cell}: the members' query or gallery sets differ in size; fuse cells of one dataset"
+            )
         queries.append(qf)
         galleries.append((gf, metric))
+    n_query, n_gallery = len(queries[0]), len(galleries[0][0])
     labels = _Labels.check(
-        q_pids, g_pids, q_camids, g_camids, len(queries[0]), len(galleries[0][0]), g_junk, g_distractor, camera_filter, cell
+        q_pids, g_pids, q_camids, g_camids, n_query, n_gallery, g_junk, g_distractor, camera_filter, cell
     )
     keep = None if labels.keep is None else torch.from_numpy(labels.keep)
     scorers = [

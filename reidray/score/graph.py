@@ -57,9 +57,8 @@ def score_task(root: str, cell: CellEmbedding, postprocessing: dict[str, dict] |
         rows = []
         for postprocess, options in {"none": None, **(postprocessing or {})}.items():
             start = time.perf_counter()
-            done = score_cell(
-                cell.dataset, table, spec.metric, cell=f"{cell.model}/{cell.dataset}", postprocess=postprocess, options=options
-            )
+            name = f"{cell.model}/{cell.dataset}"
+            done = score_cell(cell.dataset, table, spec.metric, cell=name, postprocess=postprocess, options=options)
             rows += [{**row, "score_seconds": time.perf_counter() - start} for row in done]
     except ReidrayError as exc:
         message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.model}/{cell.dataset}: {exc}"

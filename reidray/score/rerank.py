@@ -26,8 +26,12 @@ float16 by float32); here neighbours and distances are float32 (float64 for floa
 and the weights, Jaccard term and final distance float64. The two agree to float32 rounding,
 so the rankings, and hence mAP and CMC, are the same whenever torchreid's float32 final
 distances have no ties between a match and a non-match (the tests check this on random
-problems). If every distance of an item is 0 (a collapsed encoder), torchreid divides 0 by 0;
-here O is 0 and the resulting ties count against the model, as everywhere in ``metrics``.
+problems). With ``lambda_value`` 0 the final distance is the Jaccard term alone: every gallery
+item that shares no neighbour with the query ties at 1, and equal overlaps tie exactly in real
+arithmetic but not always in float32, so there the metrics depend on tie-breaking (torchreid's
+argsort order, reidray's ties-against-the-model) and the two differ by design. If every
+distance of an item is 0 (a collapsed encoder), torchreid divides 0 by 0; here O is 0 and the
+resulting ties count against the model, as everywhere in ``metrics``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reidray.errors import ReidrayError
 
@@ -90,6 +90,25 @@ class ScoreSettings(BaseModel):
         return {name: options.model_dump() for name, options in chosen.items() if options is not None}
 
 
+class FusionEntry(BaseModel):
+    """A fused encoder: the weighted sum of member models' per-query standardised distances,
+    scored on every dataset of the grid as one more model (paradigm "fusion")."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    models: list[str] = Field(min_length=2)
+    weights: list[float] | None = Field(default=None, description="one per model; default: equal")
+
+    @model_validator(mode="after")
+    def _one_weight_each(self) -> FusionEntry:
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(f"fusion {self.name}: {len(self.weights)} weights for {len(self.models)} models")
+        return self
+
+    def member_weights(self) -> list[float]:
+        return self.weights or [1.0 / len(self.models)] * len(self.models)
+
+
 class JobConfig(BaseModel):
     """A whole run: what to evaluate, where the data is, where results go."""
 
@@ -104,6 +123,7 @@ class JobConfig(BaseModel):
     synthetic: dict[str, int] = Field(default_factory=dict, description="generate() size options")
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
+    fusions: list[FusionEntry] = Field(default_factory=list)
     report: Literal[True, False] = True
 
     @field_validator("models", mode="before")

@@ -191,6 +191,8 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
                     graph.submit(cell)
                     graph.collect()
     graph.collect(wait=True)
+    if score:
+        _fuse(graph, job, grid, say)
     for line in graph.failures:
         say(f"FAILED {line}")
     for model, dataset in graph.done:
@@ -212,9 +214,17 @@ def score_stored(store: Store, job: JobConfig, grid: Grid, say: Say) -> list[str
                 continue
             graph.submit(CellEmbedding.from_marker(marker, skipped=True))
     graph.collect(wait=True)
+    _fuse(graph, job, grid, say)
     for line in failures + graph.failures:
         say(f"FAILED {line}")
     return failures + graph.failures
+
+
+def _fuse(graph, job: JobConfig, grid: Grid, say: Say) -> None:
+    """Score the job's fusions on the grid's datasets, once their members' cells are stored."""
+    for line in graph.fuse(job.fusions, grid.datasets):
+        say(line)
+    graph.collect(wait=True)
 
 
 def write_report(store: Store, say: Say) -> str:

@@ -47,6 +47,8 @@ def test_the_readme_states_each_settings_default():
     ("name: x\nembed:\n  precision: fp8\n", 3, "embed.precision"),
     ("name: x\nscore:\n  rerank:\n    lambda_value: 2\n", 4, "score.rerank.lambda_value"),
     ("name: x\nscore:\n  aqe: {qe_k: 5}\n", 3, "score.aqe.qe_k"),
+    ("name: x\nfusions:\n  - {name: f, models: [a, b], weights: [1]}\n", 3, "fusions.0"),
+    ("name: x\nfusions:\n  - {name: f, models: [a]}\n", 3, "fusions.0.models"),
 ])
 def test_a_bad_setting_names_its_line(tmp_path, text, line, words):
     path = tmp_path / "job.yaml"

@@ -111,6 +111,27 @@ def test_score_tasks_take_the_cpus_the_job_gives_them(ray_session, flow_run, syn
     assert after["created_at"].to_list() != before["created_at"].to_list()
 
 
+def test_a_fusion_is_one_more_model_and_a_missing_member_skips_it(ray_session, flow_run, synth_root, tmp_path):
+    out, _ = flow_run
+    job = tmp_path / "job.yaml"
+    job.write_text("fusions:\n"
+                   "  - {name: colour-only, models: [handcrafted, random], weights: [1, 0]}\n"
+                   "  - {name: needs-osnet, models: [handcrafted, osnet-x1.0]}\n")
+    result = cli("score", "--job", str(job), "--data-root", str(synth_root), "--out", str(out),
+                 "-m", "handcrafted", "-d", "reidray-synth")
+    assert result.exit_code == 0, result.output
+    assert ("fusion needs-osnet/reidray-synth: skipped, member cell(s) osnet-x1.0/reidray-synth not embedded"
+            in result.output)
+    fused = pl.read_parquet(out / "results" / "colour-only__reidray-synth.parquet").row(0, named=True)
+    plain = pl.read_parquet(out / "results" / "handcrafted__reidray-synth.parquet").filter(
+        pl.col("postprocess") == "none").row(0, named=True)
+    # all weight on one member: its own ranking, so the members' rows were joined image by image
+    assert (fused["model"], fused["paradigm"], fused["metric"]) == ("colour-only", "fusion", "fusion")
+    assert fused["mAP"] == pytest.approx(plain["mAP"], abs=1e-9)
+    assert not (out / "results" / "needs-osnet__reidray-synth.parquet").exists()
+    assert "| colour-only" in cli("report", "--out", str(out)).output
+
+
 def test_score_tasks_no_node_can_hold_are_named(ray_session):
     assert placement_warning(ScoreSettings(num_cpus=2)) is None
     warning = placement_warning(ScoreSettings(num_cpus=64))

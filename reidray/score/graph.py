@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from reidray.config import ScoreSettings
+from reidray.config import FusionEntry, ScoreSettings
 from reidray.embed.pipeline import CellEmbedding
 from reidray.errors import CellError, ReidrayError
 from reidray.models import get
 from reidray.score.results import to_table
-from reidray.store import Store
+from reidray.store import Store, fingerprint
 
 
 def joined_cell(store: Store, model: str, dataset: str) -> pa.Table:
@@ -49,8 +49,7 @@ def score_task(root: str, cell: CellEmbedding, postprocessing: dict[str, dict] |
 
     from reidray.score.protocols import score_cell
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    _use_assigned_cpus(torch)
     spec = get(cell.model)
     try:
         table = joined_cell(Store.open(root), cell.model, cell.dataset)
@@ -63,7 +62,6 @@ def score_task(root: str, cell: CellEmbedding, postprocessing: dict[str, dict] |
     except ReidrayError as exc:
         message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.model}/{cell.dataset}: {exc}"
         raise CellError(message) from None
-    created = datetime.now(timezone.utc)
     common = {
         "model": cell.model,
         "paradigm": spec.paradigm,
@@ -76,9 +74,66 @@ def score_task(root: str, cell: CellEmbedding, postprocessing: dict[str, dict] |
         "device": cell.device,
         "random_init": cell.random_init,
         "fingerprint": cell.fingerprint,
-        "created_at": created,
     }
-    return [{**common, **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}} for row in rows]
+    return _with(common, rows)
+
+
+@ray.remote
+def fusion_task(root: str, name: str, cells: list[CellEmbedding], weights: list[float]) -> list[dict]:
+    """Score a fusion of stored cells of one dataset as one more model (``fusion.evaluate_fused``):
+    the members' embeddings are joined on image_id to the first member's table."""
+    import torch
+
+    from reidray.score.protocols import score_fusion
+
+    _use_assigned_cpus(torch)
+    dataset, specs = cells[0].dataset, [get(c.model) for c in cells]
+    try:
+        store = Store.open(root)
+        table = joined_cell(store, cells[0].model, dataset).rename_columns({"embedding": f"embedding:{cells[0].model}"})
+        for cell in cells[1:]:
+            other = store.read_cell(cell.model, dataset)
+            order = pc.index_in(table.column("image_id"), value_set=other.column("image_id"))
+            if order.null_count:
+                raise CellError(f"cells {cells[0].model}/{dataset} and {cell.model}/{dataset} hold different images")
+            table = table.append_column(f"embedding:{cell.model}", other.column("embedding").take(order))
+        members = [(f"embedding:{c.model}", s.metric, w) for c, s, w in zip(cells, specs, weights, strict=True)]
+        start = time.perf_counter()
+        rows = score_fusion(dataset, table, members, cell=f"{name}/{dataset}")
+    except ReidrayError as exc:
+        message = str(exc) if str(exc).startswith("cell") else f"cell {name}/{dataset}: {exc}"
+        raise CellError(message) from None
+    embed_seconds = sum(c.embed_seconds for c in cells)
+    common = {
+        "model": name,
+        "paradigm": "fusion",
+        "params": float(sum(s.params_m for s in specs)),
+        "dataset": dataset,
+        "dim": sum(c.dim for c in cells),
+        "metric": "fusion",
+        "embed_seconds": embed_seconds,
+        "images_per_second": cells[0].n_images / embed_seconds if embed_seconds > 0 else 0.0,
+        "score_seconds": time.perf_counter() - start,
+        "device": ",".join(sorted({c.device for c in cells})),
+        "random_init": any(c.random_init for c in cells),
+        "fingerprint": fingerprint({"fusion": [(c.fingerprint, w) for c, w in zip(cells, weights, strict=True)]}),
+    }
+    return _with(common, rows)
+
+
+def _use_assigned_cpus(torch) -> None:
+    """One torch thread per CPU the task was given (a reused worker keeps its last setting)."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _with(common: dict, rows: list[dict]) -> list[dict]:
+    """Results rows: the protocol's rows with the cell's facts and the time they were made."""
+    created = datetime.now(timezone.utc)
+    return [
+        {**common, "created_at": created, **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}}
+        for row in rows
+    ]
 
 
 def placement_warning(settings: ScoreSettings) -> str | None:
@@ -107,7 +162,25 @@ class ScoreGraph:
         ref = score_task.options(num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus).remote(
             self.store.root, cell, self.settings.postprocessing()
         )
-        self.pending[ref] = cell
+        self.pending[ref] = (cell.model, cell.dataset)
+
+    def fuse(self, fusions: list[FusionEntry], datasets: list[str]) -> list[str]:
+        """Submit a task per (fusion, dataset) whose member cells are all stored; say why not for the others."""
+        skipped = []
+        for fusion in fusions:
+            for dataset in datasets:
+                markers = {model: self.store.cell_marker(model, dataset) for model in fusion.models}
+                missing = [f"{model}/{dataset}" for model, marker in markers.items() if marker is None]
+                if missing:
+                    skipped.append(f"fusion {fusion.name}/{dataset}: skipped, member cell(s) {', '.join(missing)} "
+                                   "not embedded; embed them first")
+                    continue
+                cells = [CellEmbedding.from_marker(markers[model], skipped=True) for model in fusion.models]
+                ref = fusion_task.options(num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus).remote(
+                    self.store.root, fusion.name, cells, fusion.member_weights()
+                )
+                self.pending[ref] = (fusion.name, dataset)
+        return skipped
 
     def collect(self, wait: bool = False) -> None:
         """Store the rows of every finished task; with ``wait``, of all of them."""
@@ -115,12 +188,12 @@ class ScoreGraph:
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=None if wait else 0)
             if not ready:
                 return
-            cell = self.pending.pop(ready[0])
+            model, dataset = self.pending.pop(ready[0])
             try:
                 rows = ray.get(ready[0])
             except Exception as exc:  # a RayTaskError wrapping our CellError
                 cause = getattr(exc, "cause", None) or exc
-                self.failures.append(str(cause) if isinstance(cause, ReidrayError) else f"cell {cell.model}/{cell.dataset}: {cause}")
+                self.failures.append(str(cause) if isinstance(cause, ReidrayError) else f"cell {model}/{dataset}: {cause}")
                 continue
-            self.store.write_table(self.store.result_path(cell.model, cell.dataset), to_table(rows))
-            self.done.append((cell.model, cell.dataset))
+            self.store.write_table(self.store.result_path(model, dataset), to_table(rows))
+            self.done.append((model, dataset))

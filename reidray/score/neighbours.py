@@ -64,7 +64,12 @@ class PairDistances:
         return d.double().cpu().numpy()
 
     def dots(self, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 14) -> torch.Tensor:
-        """Dot products of the listed pairs' (normalised, for cosine) features."""
+        """Dot products of the listed pairs' (normalised, for cosine) features. On the CPU with
+        numpy (its gathers and row products are ~3x faster than torch's here)."""
+        if self.host is not None:
+            h = self.host
+            parts = [np.einsum("ij,ij->i", h[i[s : s + chunk]], h[j[s : s + chunk]]) for s in range(0, len(i), chunk)]
+            return torch.from_numpy(np.concatenate(parts) if parts else np.empty(0, dtype=h.dtype))
         i, j = torch.from_numpy(i).to(self.x.device), torch.from_numpy(j).to(self.x.device)
         out = torch.empty(len(i), dtype=self.x.dtype, device=self.x.device)
         for s in range(0, len(i), chunk):

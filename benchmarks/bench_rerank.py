@@ -1,7 +1,8 @@
 """Time reidray's k-reciprocal re-ranking against torchreid's ``re_ranking`` in one run.
 
     python benchmarks/bench_rerank.py                   # Market size vs torchreid, then MSMT17 size
-    python benchmarks/bench_rerank.py --skip-msmt       # Market size only (about 5 minutes)
+    python benchmarks/bench_rerank.py --sizes market    # Market size only
+    python benchmarks/bench_rerank.py --sizes msmt      # reidray at MSMT17 size only
 
 Problems are bench_score's synthetic ones (identity centres plus noise, cameras at random,
 Market's pid-0 distractors), at the real query x gallery sizes: Market-1501 with 512-d features,
@@ -84,7 +85,9 @@ def worker_torchreid(size: str, fraction: float) -> dict:
     )
     seconds, cpu_seconds, rss = time.perf_counter() - t0, time.process_time() - c0, peak_rss_gb()
     m = evaluate_distances(dist, *labels)
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gb": rss, "mAP": m["mAP"], "cmc": m["cmc"].tolist()}
+    return {
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gb": rss, "mAP": m["mAP"], "cmc": m["cmc"].tolist()
+    }
 
 
 def run_worker(kind: str, size: str, fraction: float = 1.0) -> dict:
@@ -96,28 +99,15 @@ def run_worker(kind: str, size: str, fraction: float = 1.0) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip-msmt", action="store_true", help="Market size only")
-    ap.add_argument("--worker", choices=["reidray", "torchreid"], help=argparse.SUPPRESS)
-    ap.add_argument("--size", choices=list(DIMS), help=argparse.SUPPRESS)
-    ap.add_argument("--fraction", type=float, default=1.0, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    if args.worker:
-        worker = worker_reidray if args.worker == "reidray" else worker_torchreid
-        print(json.dumps(worker(args.size, args.fraction)))
-        return
+def row(name: str, method: str, r: dict, metrics: str = "") -> None:
+    """One table row: wall (process CPU) seconds, peak RSS, metrics, the load averages after."""
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    cells = [name, method, f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s)", f"{r['peak_rss_gb']:.2f} GB"]
+    print("| " + " | ".join([*cells, metrics, load]) + " |", flush=True)
 
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; seconds are wall (process CPU)")
-    print("| problem (queries x gallery, dim) | method | time | peak RSS | mAP plain -> re-ranked, rank-1 | load average after |")
-    print("|---|---|---|---|---|---|")
 
-    def row(name: str, method: str, r: dict, time_note: str = "", metrics: str = "") -> None:
-        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-        cells = [name, method, f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s){time_note}", f"{r['peak_rss_gb']:.2f} GB"]
-        print("| " + " | ".join([*cells, metrics, load]) + " |", flush=True)
-
+def market_against_torchreid() -> None:
+    """reidray, torchreid at half and full size, reidray again; the speed-up and memory lines."""
     n_q, n_g = SIZES["market"][:2]
     market = f"{NAMES['market']} ({n_q:,} x {n_g:,}, {DIMS['market']})"
     half = f"half {NAMES['market']} ({n_q // 2:,} x {n_g // 2:,}, {DIMS['market']})"
@@ -139,7 +129,29 @@ def main() -> None:
     n_msmt = sum(SIZES["msmt"][:2])
     print(f"torchreid peak RSS fitted as {a:.2f} GB + {b * 1e9:.2f} GB per 10^9 (Q+G)^2: "
           f"{a + b * n_msmt**2:.0f} GB at MSMT17 size ({n_msmt:,} images), extrapolated.")
-    if not args.skip_msmt:
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", choices=list(DIMS), default=list(DIMS))
+    ap.add_argument("--worker", choices=["reidray", "torchreid"], help=argparse.SUPPRESS)
+    ap.add_argument("--size", choices=list(DIMS), help=argparse.SUPPRESS)
+    ap.add_argument("--fraction", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if args.worker:
+        worker = worker_reidray if args.worker == "reidray" else worker_torchreid
+        print(json.dumps(worker(args.size, args.fraction)))
+        return
+
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; seconds are wall (process CPU)")
+    print("| problem (queries x gallery, dim) | method | time | peak RSS | mAP plain -> re-ranked, rank-1 "
+          "| load average after |")
+    print("|---|---|---|---|---|---|")
+
+    if "market" in args.sizes:
+        market_against_torchreid()
+    if "msmt" in args.sizes:
         n_q, n_g = SIZES["msmt"][:2]
         msmt = run_worker("reidray", "msmt")
         row(f"{NAMES['msmt']} ({n_q:,} x {n_g:,}, {DIMS['msmt']})", "reidray", msmt,

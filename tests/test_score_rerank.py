@@ -202,6 +202,36 @@ MEMORY_CHILD = textwrap.dedent(
 )
 
 
+NEIGHBOURS_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np, torch
+    from reidray.score.neighbours import PairDistances, nearest
+
+    n, cap = int(sys.argv[1]), int(sys.argv[2])
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32))
+    pairs = PairDistances(x, "euclidean")
+    nearest(PairDistances(x[:5000], "euclidean"), 21)  # warm-up: thread pools, allocator
+    mapped = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + cap, mapped + cap))
+    found = nearest(pairs, 21)
+    for i in (0, n // 2, n - 1):  # spot checks against a full row
+        row = pairs.block(slice(i, i + 1), slice(None)).square()[0]
+        assert (found.index[i] == row.argsort()[:21].numpy()).all(), i
+    print("ok")
+    """
+)
+
+
+@pytest.mark.slow
+def test_msmt17_size_neighbour_search_stays_far_below_n_by_n() -> None:
+    """The neighbour pass at MSMT17's 93,820 images (N x N float32: 35 GB) under a 1 GB cap."""
+    done = subprocess.run(
+        [sys.executable, "-c", NEIGHBOURS_CHILD, "93820", str(10**9)], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_rerank_never_allocates_an_n_by_n_matrix() -> None:
     n_q, n_g = 3000, 27000  # N x N float32 = 3.6 GB, more than twice the cap

@@ -80,13 +80,18 @@ def score_task(root: str, cell: CellEmbedding, postprocessing: dict[str, dict] |
 
 @ray.remote
 def fusion_task(root: str, name: str, cells: list[CellEmbedding], weights: list[float]) -> list[dict]:
-    """Score a fusion of stored cells of one dataset as one more model (``fusion.evaluate_fused``):
-    the members' embeddings are joined on image_id to the first member's table."""
+    """``fusion_rows`` as a Ray task, on the CPUs it was given."""
     import torch
 
+    _use_assigned_cpus(torch)
+    return fusion_rows(root, name, cells, weights)
+
+
+def fusion_rows(root: str, name: str, cells: list[CellEmbedding], weights: list[float]) -> list[dict]:
+    """Score a fusion of stored cells of one dataset as one more model (``fusion.evaluate_fused``):
+    the members' embeddings are joined on image_id to the first member's table."""
     from reidray.score.protocols import score_fusion
 
-    _use_assigned_cpus(torch)
     dataset, specs = cells[0].dataset, [get(c.model) for c in cells]
     try:
         store = Store.open(root)

@@ -51,7 +51,7 @@ class Problem:
     g_camids: np.ndarray
 
 
-def make_problem(size: str, features: str, noise: float, seed: int = 0) -> Problem:
+def make_problem(size: str, features: str, noise: float, seed: int = 0, dim: int = DIM) -> Problem:
     """Identity clusters: image = identity centre + noise * N(0, I) (or pure noise if random)."""
     n_q, n_g, n_ids, n_cams, n_distractors, _ = SIZES[size]
     rng = np.random.default_rng(seed)
@@ -60,12 +60,12 @@ def make_problem(size: str, features: str, noise: float, seed: int = 0) -> Probl
     g_pids = np.concatenate([g_pids, np.zeros(n_distractors, dtype=np.int64)])  # Market's "0000"
     q_camids, g_camids = rng.integers(0, n_cams, n_q), rng.integers(0, n_cams, n_g)
     gen = torch.Generator().manual_seed(seed)
-    centres = torch.randn(n_ids + 1, DIM, generator=gen)
+    centres = torch.randn(n_ids + 1, dim, generator=gen)
     if features == "random":
         centres.zero_()
-    qf = centres[q_pids].add_(torch.randn(n_q, DIM, generator=gen), alpha=noise)
-    gf = centres[g_pids].add_(torch.randn(n_g, DIM, generator=gen), alpha=noise)
-    gf[g_pids == 0] = torch.randn(n_distractors, DIM, generator=gen)  # false detections: no identity
+    qf = centres[q_pids].add_(torch.randn(n_q, dim, generator=gen), alpha=noise)
+    gf = centres[g_pids].add_(torch.randn(n_g, dim, generator=gen), alpha=noise)
+    gf[g_pids == 0] = torch.randn(n_distractors, dim, generator=gen)  # false detections: no identity
     return Problem(qf, gf, q_pids, g_pids, q_camids, g_camids)
 
 

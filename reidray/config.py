@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reidray.errors import ReidrayError
 
@@ -83,12 +83,59 @@ class EmbedSettings(BaseModel):
         return value
 
 
+class RerankSettings(BaseModel):
+    """k-reciprocal re-ranking (torchreid's re_ranking parameters; the paper's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+    k1: int = Field(default=20, ge=1)
+    k2: int = Field(default=6, ge=1)
+    lambda_value: float = Field(default=0.3, ge=0, le=1)
+
+
+class AqeSettings(BaseModel):
+    """Average query expansion (fast-reid's qe_k, alpha, qe_times; its defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(default=5, ge=1)
+    alpha: float = 3.0
+    times: int = Field(default=1, ge=1)
+
+
 class ScoreSettings(BaseModel):
-    """What each cell's score task asks Ray for: it ranks on every CPU (or the GPU) it is given."""
+    """What each cell's score task asks Ray for: it ranks on every CPU (or the GPU) it is given;
+    and which post-processed rows it adds to the plain ones (null = none)."""
 
     model_config = ConfigDict(extra="forbid")
     num_cpus: float = Field(default=1, gt=0, description="per score task; torch ranks with this many threads")
     num_gpus: float = Field(default=0, ge=0, description="per score task; > 0 ranks on the GPU")
+    rerank: RerankSettings | None = Field(
+        default=None, description="{} for the defaults; adds postprocess 'rerank' rows"
+    )
+    aqe: AqeSettings | None = Field(default=None, description="{} for the defaults; adds postprocess 'aqe' rows")
+
+    def postprocessing(self) -> dict[str, dict[str, Any]]:
+        """Each post-processing to score after the plain rows, with evaluate's options for it."""
+        chosen = {"rerank": self.rerank, "aqe": self.aqe}
+        return {name: options.model_dump() for name, options in chosen.items() if options is not None}
+
+
+class FusionEntry(BaseModel):
+    """A fused encoder: the weighted sum of member models' per-query standardised distances,
+    scored on every dataset of the grid as one more model (paradigm "fusion")."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    models: list[str] = Field(min_length=2)
+    weights: list[float] | None = Field(default=None, description="one per model; default: equal")
+
+    @model_validator(mode="after")
+    def _one_weight_each(self) -> FusionEntry:
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(f"fusion {self.name}: {len(self.weights)} weights for {len(self.models)} models")
+        return self
+
+    def member_weights(self) -> list[float]:
+        return self.weights or [1.0 / len(self.models)] * len(self.models)
 
 
 class SyntheticSettings(BaseModel):
@@ -117,6 +164,7 @@ class JobConfig(BaseModel):
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
+    fusions: list[FusionEntry] = Field(default_factory=list)
     report: Literal[True, False] = True
 
     @field_validator("models", mode="before")

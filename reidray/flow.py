@@ -167,27 +167,32 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
         def on_cell(cell: CellRecord) -> None:
             if not score:
                 return
-            if cell.skipped and results_current(store, cell):  # never after --redo: the cell was redone
+            if cell.skipped and results_current(store, cell, {"none", *job.score.postprocessing()}):  # not after --redo
                 say(f"score {cell.name}: results current already, skipped")
                 return
             graph.submit(cell, protocol)
             graph.collect()
 
         failures += embed_dataset(store, dataset, manifest, grid.models, job, say, on_cell, redo)
+    if score:
+        _fuse(graph, job, {d: datasets.get(d).protocol for d in manifests}, say)
     return failures + _collect(graph, say)
 
 
-def results_current(store: Store, cell: CellRecord) -> bool:
-    """Whether the cell's stored results were scored from embeddings with this fingerprint (the
-    caller also asks that this run found the cell complete rather than redoing it)."""
+def results_current(store: Store, cell: CellRecord, postprocess: set[str]) -> bool:
+    """Whether the cell's stored results were scored from embeddings with this fingerprint and hold
+    the post-processing kinds this run asks for (the caller also asks that this run found the cell
+    complete rather than redoing it). Changed re-ranking or expansion options are not seen here:
+    `score` rescores."""
     path = store.result_path(cell.model, cell.dataset)
     if not store.exists(path):
         return False
     try:
-        stored = store.read_table(path, columns=["fingerprint"]).column("fingerprint").unique().to_pylist()
+        stored = store.read_table(path, columns=["fingerprint", "postprocess"])
     except (OSError, pa.ArrowException, KeyError):
         return False
-    return stored == [cell.fingerprint]
+    return (stored.column("fingerprint").unique().to_pylist() == [cell.fingerprint]
+            and set(stored.column("postprocess").to_pylist()) == postprocess)
 
 
 def _collect(graph: ScoreGraph, say: Say) -> list[str]:
@@ -243,7 +248,14 @@ def score_stored(store: Store, job: JobConfig, cells: list[CellRecord], say: Say
         if redo:
             store.drop_results(cell.model, cell.dataset)
         graph.submit(cell, datasets.get(cell.dataset).protocol)
+    _fuse(graph, job, {cell.dataset: datasets.get(cell.dataset).protocol for cell in cells}, say)
     return _collect(graph, say)
+
+
+def _fuse(graph: ScoreGraph, job: JobConfig, protocols: dict[str, str], say: Say) -> None:
+    """Score the job's fusions on these datasets (dataset -> protocol), from their members' stored cells."""
+    for line in graph.fuse(job.fusions, protocols):
+        say(line)
 
 
 def write_report(store: Store, say: Say, missing_ok: bool = False) -> str:

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from reidray.config import JobConfig, ModelEntry, check_names, default_output, load_job
+from reidray.config import (
+    AqeSettings, JobConfig, ModelEntry, RerankSettings, ScoreSettings, check_names, default_output, load_job,
+)
 from reidray.errors import ReidrayError, one_line
 
 if TYPE_CHECKING:
@@ -122,7 +124,9 @@ def _split(values: list[str] | None) -> list[str]:
 def build_job(job: str | None, data_root: str | None, out: str | None, models: list[str] | None,
               datasets: list[str] | None, random_init: bool) -> JobConfig:
     """The job file (or the defaults) with the command line's options laid over it."""
-    config = load_job(job) if job else JobConfig(output=default_output())
+    # The embedded default shows every row kind: plain, re-ranked, query-expanded.
+    default = {"output": default_output(), "score": ScoreSettings(rerank=RerankSettings(), aqe=AqeSettings())}
+    config = load_job(job) if job else JobConfig(**default)
     updates: dict = {}
     if data_root is not None:
         updates["data_root"] = data_root

@@ -47,12 +47,28 @@ def test_the_readme_states_each_settings_default():
     ("name: x\nscore:\n  num_cpus: 0\n", 3, "score.num_cpus"),
     ("name: x\nscore:\n  threads: 4\n", 3, "score.threads"),
     ("name: x\nembed:\n  precision: fp8\n", 3, "embed.precision"),
+    ("name: x\nscore:\n  rerank:\n    lambda_value: 2\n", 4, "score.rerank.lambda_value"),
+    ("name: x\nscore:\n  aqe: {qe_k: 5}\n", 3, "score.aqe.qe_k"),
+    ("name: x\nfusions:\n  - {name: f, models: [a, b], weights: [1]}\n", 3, "fusions.0"),
+    ("name: x\nfusions:\n  - {name: f, models: [a]}\n", 3, "fusions.0.models"),
 ])
 def test_a_bad_setting_names_its_line(tmp_path, text, line, words):
     path = tmp_path / "job.yaml"
     path.write_text(text)
     with pytest.raises(ReidrayError, match=rf"line {line}: {re.escape(words)}"):
         load_job(path)
+
+
+def test_post_processing_is_off_unless_asked_and_takes_the_defaults_from_an_empty_mapping(tmp_path):
+    assert ScoreSettings().postprocessing() == {}
+    path = tmp_path / "job.yaml"
+    path.write_text("score:\n  rerank: {}\n  aqe: {k: 3}\n")
+    assert load_job(path).score.postprocessing() == {
+        "rerank": {"k1": 20, "k2": 6, "lambda_value": 0.3},
+        "aqe": {"k": 3, "alpha": 3.0, "times": 1},
+    }
+    path.write_text("score:\n  rerank: null\n")
+    assert load_job(path).score.postprocessing() == {}
 
 
 def test_a_model_entrys_precision_overrides_the_jobs_for_that_model_only():

@@ -42,7 +42,9 @@ def flow_run(ray_session, synth_root, tmp_path_factory):
 def test_results_follow_the_schema_and_cover_every_cell(flow_run):
     out, _ = flow_run
     results = pl.read_parquet(out / "results" / "*.parquet")
-    assert sorted(results["model"].to_list()) == ["handcrafted", "random"]
+    # with no job file, every cell has its plain, re-ranked and query-expanded row
+    kinds = results.group_by("model").agg(pl.col("postprocess").sort()).sort("model")
+    assert kinds.rows() == [(m, ["aqe", "none", "rerank"]) for m in ("handcrafted", "random")]
     for column in ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP"):
         assert results[column].is_between(0, 1).all()
     manifest = pl.read_parquet(out / "manifests" / "reidray-synth.parquet")
@@ -53,7 +55,7 @@ def test_results_follow_the_schema_and_cover_every_cell(flow_run):
 
 def test_baseline_far_above_chance_and_random_encoder_at_chance(flow_run):
     out, _ = flow_run
-    results = pl.read_parquet(out / "results" / "*.parquet")
+    results = pl.read_parquet(out / "results" / "*.parquet").filter(pl.col("postprocess") == "none")
     baseline = results.filter(pl.col("model") == "handcrafted").row(0, named=True)
     control = results.filter(pl.col("model") == "random").row(0, named=True)
     # The chance level of these very queries and galleries: the same evaluator on labels alone,
@@ -79,6 +81,7 @@ def test_report_is_printed_and_written(flow_run):
     report = (out / "report" / "results.md").read_text()
     assert "| handcrafted |" in report and "reidray-synth" in report
     assert "| handcrafted |" in output
+    assert "## Post-processing: mAP (%) plain and after re-ranking / query expansion" in report
 
 
 def test_rerun_skips_complete_cells_and_redoes_a_broken_one(ray_session, flow_run, synth_root):
@@ -107,7 +110,8 @@ def test_score_tasks_take_the_cpus_the_job_gives_them(ray_session, flow_run, syn
     assert "warning" not in result.output and "waiting" not in result.output
     assert "score handcrafted/reidray-synth: stored" in result.output.splitlines()
     after = pl.read_parquet(out / "results" / "handcrafted*.parquet")
-    assert after["mAP"].to_list() == before["mAP"].to_list()
+    assert after["postprocess"].to_list() == ["none"]  # the job file asks for no post-processing
+    assert after["mAP"].to_list() == before.filter(pl.col("postprocess") == "none")["mAP"].to_list()
     assert after["created_at"].to_list() != before["created_at"].to_list()
 
 
@@ -147,6 +151,27 @@ def test_score_scores_every_stored_cell_when_none_is_named(ray_session, flow_run
     assert result.exit_code == 0, result.output
     scored = sorted(line for line in result.output.splitlines() if line.startswith("score "))
     assert scored == ["score handcrafted/reidray-synth: stored", "score random/reidray-synth: stored"]
+
+
+def test_a_fusion_is_one_more_model_and_a_missing_member_skips_it(ray_session, flow_run, synth_root, tmp_path):
+    out, _ = flow_run
+    job = tmp_path / "job.yaml"
+    job.write_text("fusions:\n"
+                   "  - {name: colour-only, models: [handcrafted, random], weights: [1, 0]}\n"
+                   "  - {name: needs-osnet, models: [handcrafted, osnet-x1.0]}\n")
+    result = cli("score", "--job", str(job), "--data-root", str(synth_root), "--out", str(out),
+                 "-m", "handcrafted", "-d", "reidray-synth")
+    assert result.exit_code == 0, result.output
+    assert ("fusion needs-osnet/reidray-synth: skipped, member cell(s) osnet-x1.0/reidray-synth not embedded"
+            in result.output)
+    fused = pl.read_parquet(out / "results" / "colour-only__reidray-synth.parquet").row(0, named=True)
+    plain = pl.read_parquet(out / "results" / "handcrafted__reidray-synth.parquet").filter(
+        pl.col("postprocess") == "none").row(0, named=True)
+    # all weight on one member: its own ranking, so the members' rows were joined image by image
+    assert (fused["model"], fused["paradigm"], fused["metric"]) == ("colour-only", "fusion", "fusion")
+    assert fused["mAP"] == pytest.approx(plain["mAP"], abs=1e-9)
+    assert not (out / "results" / "needs-osnet__reidray-synth.parquet").exists()
+    assert "| colour-only" in cli("report", "--out", str(out)).output
 
 
 def test_score_tasks_no_node_can_hold_are_named(ray_session):

@@ -249,7 +249,9 @@ def _chromium() -> str:
 # --- unit tests on hand-made rows --------------------------------------------------------------
 
 
-def _rows(cells: dict[tuple[str, str], float], random_init: frozenset[str] = frozenset()) -> pl.DataFrame:
+def _rows(
+    cells: dict[tuple[str, str], float], random_init: frozenset[str] = frozenset(), postprocess: str = "none"
+) -> pl.DataFrame:
     """Result rows with ``mAP`` (and every other metric) set to the given fraction per (model, dataset)."""
     rows = []
     for (model, dataset), value in cells.items():
@@ -258,6 +260,7 @@ def _rows(cells: dict[tuple[str, str], float], random_init: frozenset[str] = fro
             "model": model, "paradigm": spec.paradigm, "params": spec.params_m, "dataset": dataset,
             "protocol": "market", "trial": 0, "aggregate": False, **{m: value for m in METRICS}, "cmc": [value] * 50,
             "n_query": 10, "n_query_scored": 10, "n_gallery": 100, "dim": spec.dim, "metric": spec.metric,
+            "postprocess": postprocess,
             "embed_seconds": 1.0, "images_per_second": 1.0, "score_seconds": 1.0, "device": "cpu",
             "random_init": model in random_init, "fingerprint": "test", "created_at": datetime.now(timezone.utc),
         })  # fmt: skip
@@ -311,6 +314,24 @@ def test_headline_takes_the_mean_row_and_refuses_ambiguous_cells():
     assert head.height == 2 and head.filter(pl.col("model") == "handcrafted")["mAP"][0] == 0.2
     with pytest.raises(ReidrayError, match="handcrafted/grid has 2 result rows"):
         headline(pl.concat([rows, trial]))
+
+
+def test_post_processed_rows_stay_out_of_the_paper_tables_and_get_their_own():
+    cells = {("clip-reid-vit-b16", "msmt17"): 0.6, ("handcrafted", "msmt17"): 0.1}
+    plain = _rows(cells)
+    reranked = _rows({("clip-reid-vit-b16", "msmt17"): 0.7}, postprocess="rerank")
+    expanded = _rows({("clip-reid-vit-b16", "msmt17"): 0.65, ("handcrafted", "msmt17"): 0.12}, postprocess="aqe")
+    report = build_report(pl.concat([plain, reranked, expanded]))
+    assert headline(pl.concat([plain, reranked, expanded])).height == 2  # no "2 result rows" error
+    assert report.main_table.markdown() == build_report(plain).main_table.markdown()
+    [post] = [t for t in report.tables if t.key == "table-postprocess"]
+    assert post.header == ["model", "dataset", "plain", "re-ranked", "AQE"]
+    rows = {r[0].text: [(c.text, c.detail) for c in r[2:]] for r in post.rows}
+    assert rows["clip-reid-vit-b16"] == [("60.00", ""), ("70.00", "(+10.00)"), ("65.00", "(+5.00)")]
+    assert rows["handcrafted"] == [("10.00", ""), ("–", ""), ("12.00", "(+2.00)")]
+    assert all(t.key != "table-postprocess" for t in build_report(plain).tables)
+    older = plain.drop("postprocess")  # results written before the column existed are plain
+    assert headline(older).height == 2
 
 
 def test_no_results_is_a_one_line_error(tmp_path):

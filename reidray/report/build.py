@@ -18,7 +18,7 @@ from reidray.errors import ReidrayError
 from reidray.report.figures import FigureOut, all_figures
 from reidray.report.paper import PAPER_DATASETS, paper_models
 from reidray.report.frame import METRICS, dataset_order, headline, labels, load_results, short
-from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table
+from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table, postprocess_table
 from reidray.store import Store
 
 MARKDOWN = "results.md"
@@ -89,7 +89,8 @@ def count(n: int, noun: str) -> str:
 def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | None = None) -> Report:
     """Tables and figures from a results frame (the results schema; any subset of the grid);
     ``stale`` lists the results files left out, and why."""
-    head = headline(results.with_columns(pl.col(m).fill_nan(None) for m in METRICS))
+    results = results.with_columns(pl.col(m).fill_nan(None) for m in METRICS)
+    head = headline(results)
     datasets = dataset_order(head)
     summary = [
         f"{count(head.height, 'cell')}: {count(len(labels(head)), 'model')} x {count(len(datasets), 'dataset')} "
@@ -107,7 +108,8 @@ def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | Non
     if stale:
         summary.append(f"Left out, not current ({len(stale)}): " + " ".join(f"{line}." for line in stale))
     tables = [metric_table(head, "mAP"), metric_table(head, "rank1"), paradigm_table(head), comparison_table(head)]
-    return Report(summary, tables, all_figures(head))
+    post = postprocess_table(head, {name: headline(results, name) for name in ("rerank", "aqe")})
+    return Report(summary, tables + ([post] if post else []), all_figures(head))
 
 
 def _beyond_the_paper(head: pl.DataFrame, datasets: list[str]) -> str:

@@ -2,7 +2,9 @@
 
 Every table and figure starts from ``headline``: the aggregate row of a multi-trial protocol (GRID's
 mean over its 10 trials), the only row otherwise, labelled so that a random-initialised row can
-never be mistaken for a result. Metrics stay fractions here; tables and figures format percent.
+never be mistaken for a result. The paper's tables and figures read the plain rows (postprocess
+``none``) only; re-ranked and query-expanded rows have their own table. Metrics stay fractions
+here; tables and figures format percent.
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ def load_results(store: Store) -> tuple[pl.DataFrame, list[str]]:
         if missing:
             stale.append(f"results file {where} lacks column(s) {', '.join(missing)}; {rescore}")
             continue
-        for (fingerprint,), _ in frame.group_by("fingerprint"):
-            problem = _provenance(store, model, dataset, fingerprint, manifests)
+        # the cells the rows name (a file name is only a folder-safe form of them); a fusion's rows
+        # come from its members' cells and are scored afresh with every run that scores them
+        cells = frame.filter(pl.col("paradigm") != "fusion").select("model", "dataset", "fingerprint").unique()
+        for cell_model, cell_dataset, fingerprint in cells.iter_rows():
+            problem = _provenance(store, cell_model, cell_dataset, fingerprint, manifests)
             if problem:
                 stale.append(f"results file {where} is stale: {problem}")
                 break
@@ -96,8 +101,12 @@ def _provenance(store: Store, model: str, dataset: str, fingerprint: str,
     return None
 
 
-def headline(results: pl.DataFrame) -> pl.DataFrame:
-    """One row per (label, dataset): the aggregate row where a cell has one, else its single row."""
+def headline(results: pl.DataFrame, postprocess: str = "none") -> pl.DataFrame:
+    """One row per (label, dataset) of the ``postprocess`` rows (results written before the
+    column existed are plain): the aggregate row where a cell has one, else its single row."""
+    if "postprocess" not in results.columns:
+        results = results.with_columns(pl.lit(None, pl.String).alias("postprocess"))
+    results = results.filter(pl.col("postprocess").fill_null("none") == postprocess)
     labelled = results.with_columns(
         pl.when(pl.col("random_init"))
         .then(pl.col("model") + RANDOM_INIT_MARK)

@@ -131,6 +131,39 @@ def metric_table(head: pl.DataFrame, metric: str) -> Table:
     return table
 
 
+POSTPROCESS_NAMES = {"rerank": "re-ranked", "aqe": "AQE"}
+
+
+def postprocess_table(plain: pl.DataFrame, post: dict[str, pl.DataFrame]) -> Table | None:
+    """mAP of each cell as scored, re-ranked and query-expanded (``post``: headline frames per
+    post-processing), with the change in points; None when no cell was post-processed."""
+    post = {name: frame for name, frame in post.items() if not frame.is_empty()}
+    if not post:
+        return None
+    value = {(name, r["label"], r["dataset"]): r["mAP"] for name, f in post.items() for r in f.iter_rows(named=True)}
+    table = Table(
+        key="table-postprocess",
+        title="Post-processing: mAP (%) plain and after re-ranking / query expansion",
+        header=["model", "dataset", "plain", *[POSTPROCESS_NAMES.get(name, name) for name in post]],
+    )
+    for r in plain.iter_rows(named=True):
+        after = {name: value.get((name, r["label"], r["dataset"])) for name in post}
+        if all(v is None for v in after.values()):
+            continue
+        cells = [Cell(r["label"]), Cell(short(r["dataset"])), Cell(pct(r["mAP"]))]
+        for v in after.values():
+            change = None if v is None or r["mAP"] is None else f"({(v - r['mAP']) * 100:+.2f})"
+            cells.append(Cell(pct(v), detail=change or ""))
+        table.rows.append(cells)
+        table.row_styles.append("random-init" if r["random_init"] else "")
+    table.notes.append(
+        "Re-ranked: k-reciprocal re-ranking (Zhong et al., CVPR 2017; torchreid's re_ranking numbers). AQE: "
+        "average query expansion (fast-reid's aqe). In brackets: the change from plain, in points. The "
+        f"tables and figures above use the plain rows only. {MISSING}: not post-processed."
+    )
+    return table
+
+
 def paradigm_table(head: pl.DataFrame) -> Table:
     """Per paradigm: its best model overall and on each dataset type (trained weights only)."""
     trained = head.filter(~pl.col("random_init"))

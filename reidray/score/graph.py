@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from reidray.cells import IMAGE_ID, LABELS, CellRecord, nonfinite
-from reidray.config import ScoreSettings
+from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, CellRecord, nonfinite
+from reidray.config import FusionEntry, ScoreSettings
 from reidray.errors import CellError, ReidrayError, user_error
 from reidray.score.results import to_table
-from reidray.store import Store, redo_hint, verify_cell
+from reidray.store import Store, fingerprint, redo_hint, verify_cell
 
 
 def joined_cell(store: Store, cell: CellRecord) -> pa.Table:
@@ -43,9 +43,11 @@ def joined_cell(store: Store, cell: CellRecord) -> pa.Table:
 
 
 @ray.remote
-def score_task(root: str, cell: CellRecord, protocol: str) -> list[dict]:
-    """Score one stored cell under the dataset's ``protocol``; every failure comes back as a
-    CellError naming the cell. The model facts come from the cell's record, as embed stored them.
+def score_task(root: str, cell: CellRecord, protocol: str, postprocessing: dict[str, dict] | None = None) -> list[dict]:
+    """Score one stored cell under the dataset's ``protocol``: the plain rows, then one set per
+    ``postprocessing`` entry (name -> evaluate's options; each row's score_seconds is its own pass);
+    every failure comes back as a CellError naming the cell. The model facts come from the cell's
+    record, as embed stored them.
 
     Ranking runs on the GPU when the task was given one (``evaluate`` picks CUDA when visible),
     else with one torch thread per CPU the task was given: a reused Ray worker keeps whatever
@@ -55,17 +57,17 @@ def score_task(root: str, cell: CellRecord, protocol: str) -> list[dict]:
 
     from reidray.score.protocols import score_cell
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    _use_assigned_cpus(torch)
     try:
         table = joined_cell(Store.open(root), cell)
-        start = time.perf_counter()
-        rows = score_cell(protocol, table, cell.metric, cell=cell.name)
+        rows = []
+        for postprocess, options in {"none": None, **(postprocessing or {})}.items():
+            start = time.perf_counter()
+            done = score_cell(protocol, table, cell.metric, cell=cell.name, postprocess=postprocess, options=options)
+            rows += [{**row, "score_seconds": time.perf_counter() - start} for row in done]
     except ReidrayError as exc:
         message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.name}: {exc}"
         raise CellError(message) from None
-    seconds = time.perf_counter() - start
-    created = datetime.now(timezone.utc)
     common = {
         "model": cell.model,
         "paradigm": cell.paradigm,
@@ -75,13 +77,80 @@ def score_task(root: str, cell: CellRecord, protocol: str) -> list[dict]:
         "metric": cell.metric,
         "embed_seconds": cell.embed_seconds,
         "images_per_second": cell.images_per_second,
-        "score_seconds": seconds,
         "device": cell.device,
         "random_init": cell.random_init,
         "fingerprint": cell.fingerprint,
-        "created_at": created,
     }
-    return [{**common, **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}} for row in rows]
+    return _with(common, rows)
+
+
+@ray.remote
+def fusion_task(root: str, name: str, cells: list[CellRecord], weights: list[float], protocol: str) -> list[dict]:
+    """``fusion_rows`` as a Ray task, on the CPUs it was given."""
+    import torch
+
+    _use_assigned_cpus(torch)
+    return fusion_rows(root, name, cells, weights, protocol)
+
+
+def fusion_rows(root: str, name: str, cells: list[CellRecord], weights: list[float], protocol: str) -> list[dict]:
+    """Score a fusion of stored cells of one dataset as one more model (``fusion.evaluate_fused``):
+    the members' verified embeddings are joined on image_id to the first member's table; each
+    member is compared by the metric its record holds."""
+    from reidray.score.protocols import score_fusion
+
+    dataset = cells[0].dataset
+    try:
+        store = Store.open(root)
+        first = f"embedding:{cells[0].model}"
+        table = _renamed(joined_cell(store, cells[0]), first)
+        for cell in cells[1:]:
+            other = joined_cell(store, cell)
+            order = pc.index_in(table.column(IMAGE_ID), value_set=other.column(IMAGE_ID))
+            if order.null_count:
+                raise CellError(f"cells {cells[0].name} and {cell.name} hold different images")
+            table = table.append_column(f"embedding:{cell.model}", other.column(EMBEDDING).take(order))
+        members = [(f"embedding:{c.model}", c.metric, w) for c, w in zip(cells, weights, strict=True)]
+        start = time.perf_counter()
+        rows = score_fusion(protocol, table, members, cell=f"{name}/{dataset}")
+    except ReidrayError as exc:
+        message = str(exc) if str(exc).startswith("cell") else f"cell {name}/{dataset}: {exc}"
+        raise CellError(message) from None
+    embed_seconds = sum(c.embed_seconds for c in cells)
+    common = {
+        "model": name,
+        "paradigm": "fusion",
+        "params": float(sum(c.params_m for c in cells)),
+        "dataset": dataset,
+        "dim": sum(c.dim for c in cells),
+        "metric": "fusion",
+        "embed_seconds": embed_seconds,
+        "images_per_second": cells[0].n_images / embed_seconds if embed_seconds > 0 else 0.0,
+        "score_seconds": time.perf_counter() - start,
+        "device": ",".join(sorted({c.device for c in cells})),
+        "random_init": any(c.random_init for c in cells),
+        "fingerprint": fingerprint({"fusion": [(c.fingerprint, w) for c, w in zip(cells, weights, strict=True)]}),
+    }
+    return _with(common, rows)
+
+
+def _renamed(table: pa.Table, embedding: str) -> pa.Table:
+    return table.rename_columns([embedding if c == EMBEDDING else c for c in table.column_names])
+
+
+def _use_assigned_cpus(torch) -> None:
+    """One torch thread per CPU the task was given (a reused worker keeps its last setting)."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _with(common: dict, rows: list[dict]) -> list[dict]:
+    """Results rows: the protocol's rows with the cell's facts and the time they were made."""
+    created = datetime.now(timezone.utc)
+    return [
+        {**common, "created_at": created, **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}}
+        for row in rows
+    ]
 
 
 def placement_warning(settings: ScoreSettings) -> str | None:
@@ -108,9 +177,37 @@ class ScoreGraph:
 
     def submit(self, cell: CellRecord, protocol: str) -> None:
         ref = score_task.options(num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus).remote(
-            self.store.root, cell, protocol
+            self.store.root, cell, protocol, self.settings.postprocessing()
         )
-        self.pending[ref] = cell
+        self.pending[ref] = (cell.model, cell.dataset)
+
+    def fuse(self, fusions: list[FusionEntry], protocols: dict[str, str]) -> list[str]:
+        """Submit a task per (fusion, dataset) whose member cells are all stored (``protocols``:
+        dataset -> its protocol); say why not for the others."""
+        skipped = []
+        for fusion in fusions:
+            for dataset, protocol in protocols.items():
+                cells, missing = [], []
+                for model in fusion.models:
+                    try:
+                        cell = self.store.cell_record(model, dataset)
+                    except ReidrayError as exc:  # unreadable: say so, as for a missing member
+                        missing.append(f"{model}/{dataset} ({exc})")
+                        continue
+                    if cell is None:
+                        missing.append(f"{model}/{dataset}")
+                    else:
+                        cells.append(cell)
+                if missing:
+                    skipped.append(f"fusion {fusion.name}/{dataset}: skipped, member cell(s) {', '.join(missing)} "
+                                   "not embedded; embed them first")
+                    self.store.drop_results(fusion.name, dataset)
+                    continue
+                ref = fusion_task.options(num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus).remote(
+                    self.store.root, fusion.name, cells, fusion.member_weights(), protocol
+                )
+                self.pending[ref] = (fusion.name, dataset)
+        return skipped
 
     def collect(self, wait: bool = False) -> None:
         """Store the rows of every finished task; with ``wait``, of all of them."""
@@ -118,19 +215,20 @@ class ScoreGraph:
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=None if wait else 0)
             if not ready:
                 return
-            cell = self.pending.pop(ready[0])
+            model, dataset = self.pending.pop(ready[0])
             try:
                 rows = ray.get(ready[0])
             except Exception as exc:  # a RayTaskError wrapping our CellError
                 cause = user_error(exc)
-                self.failures.append(str(cause) if cause is not None else f"cell {cell.name}: {getattr(exc, 'cause', None) or exc}")
-                self.store.drop_results(cell.model, cell.dataset)
+                self.failures.append(str(cause) if cause is not None
+                                     else f"cell {model}/{dataset}: {getattr(exc, 'cause', None) or exc}")
+                self.store.drop_results(model, dataset)
                 continue
-            path = self.store.result_path(cell.model, cell.dataset)
+            path = self.store.result_path(model, dataset)
             try:
                 self.store.write_table(path, to_table(rows))
             except OSError as exc:  # e.g. a folder where the file goes
-                self.failures.append(f"cell {cell.name}: results file {self.store.uri_of(path)} cannot be written "
-                                     f"({exc}); move whatever is there away and rerun score")
+                self.failures.append(f"cell {model}/{dataset}: results file {self.store.uri_of(path)} cannot be "
+                                     f"written ({exc}); move whatever is there away and rerun score")
                 continue
-            self.done.append((cell.model, cell.dataset))
+            self.done.append((model, dataset))

@@ -30,7 +30,7 @@ rows shared among torch's threads.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from reidray.errors import CellError, UnknownNameError
+from reidray.score.expansion import AqeOptions, expand
+from reidray.score.rerank import KReciprocal, RerankOptions
 
 METRICS = ("cosine", "euclidean")
 # Distance-matrix entries per query chunk: 2**24 float32 = 64 MiB, whatever the gallery size.
@@ -63,6 +65,8 @@ def evaluate(
     device: str | torch.device | None = None,
     chunk_size: int | None = None,
     cell: str = "evaluate",
+    rerank: Mapping[str, Any] | None = None,
+    aqe: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score one query set against one gallery; see the module docstring for the method.
 
@@ -73,6 +77,12 @@ def evaluate(
     without cameras); ``g_junk`` items are ignored entirely; ``g_distractor`` items are never a
     match, only negatives. Queries left without a positive are skipped and counted. ``device``
     defaults to CUDA when present; ``chunk_size`` (queries per chunk) to 2**24 distances a chunk.
+
+    Post-processing (both keyword dicts, None = off; junk is dropped before either): ``aqe``
+    replaces query and gallery features by fast-reid's average query expansion (``k``,
+    ``alpha``, ``times``; ``expansion``); ``rerank`` ranks by torchreid's k-reciprocal
+    re-ranked distances (``k1``, ``k2``, ``lambda_value``; ``rerank``). With both, expansion
+    comes first, as in fast-reid. Bad options raise ``ValueError``.
 
     Returns ``mAP``, ``mINP`` (floats in [0, 1]), ``cmc`` (float64 array of ``max_rank``:
     ``cmc[r-1]`` = fraction of scored queries whose first match is within rank r), ``n_query``,
@@ -97,8 +107,16 @@ def evaluate(
     labels = _Labels.check(
         q_pids, g_pids, q_camids, g_camids, len(qf), len(gf), g_junk, g_distractor, camera_filter, cell
     )
+    rerank_options = None if rerank is None else RerankOptions.parse(rerank)
+    aqe_options = None if aqe is None else AqeOptions.parse(aqe)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    gallery = _Gallery(gf if labels.keep is None else gf[torch.from_numpy(labels.keep)], metric, dtype, device)
+    gf = gf if labels.keep is None else gf[torch.from_numpy(labels.keep)]
+    if aqe_options is not None:
+        qf, gf = expand(qf.to(device, dtype), gf.to(device, dtype), aqe_options)
+    if rerank_options is not None:
+        reranked = KReciprocal(qf.to(device, dtype), gf.to(device, dtype), metric, rerank_options)
+        return _score(labels, reranked.distances, max_rank, chunk_size, cell)
+    gallery = _Gallery(gf, metric, dtype, device)
     return _score(labels, lambda start, stop: gallery.distances(qf[start:stop]), max_rank, chunk_size, cell)
 
 

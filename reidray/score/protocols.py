@@ -22,6 +22,12 @@ the same everywhere: ``is_junk`` images are ignored (never a query, never in the
   camid -1). One row, ``trial`` 0.
 
 A protocol that needs camera ids refuses a dataset without them (camid -1) instead of guessing.
+
+Post-processing (``postprocess``): ``none`` scores the features as they are; ``rerank`` and
+``aqe`` pass their options down to ``evaluate`` (k-reciprocal re-ranking, average query
+expansion) for every query/gallery pair the protocol scores, trials included. Each row says
+which one it is in ``postprocess``. A fusion (``score_fusion``) scores several embedding
+columns of one table together (``fusion.evaluate_fused``) under the same protocol.
 """
 
 from __future__ import annotations
@@ -36,47 +42,99 @@ import pyarrow.compute as pc
 
 from reidray.cells import EMBEDDING
 from reidray.errors import CellError, UnknownNameError
+from reidray.score.fusion import evaluate_fused
 from reidray.score.metrics import evaluate
 
 MAX_RANK = 50
 RANKS = (1, 5, 10, 20)
 GRID_TRIALS = 10
-REQUIRED = (EMBEDDING, "pid", "camid", "split", "is_junk", "is_distractor")
+REQUIRED = ("pid", "camid", "split", "is_junk", "is_distractor")  # besides the embedding column(s)
 
-Protocol = Callable[[pa.Table, str, str], list[dict[str, Any]]]
+POSTPROCESS = ("none", "rerank", "aqe")
 
 
-def score_cell(protocol: str, table: pa.Table, metric: str, *, cell: str | None = None) -> list[dict[str, Any]]:
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a protocol scores each query/gallery pair: embedding columns with their metric and
+    weight (one: ``evaluate``; several: a fusion) and ``evaluate``'s post-processing keywords."""
+
+    members: tuple[tuple[str, str, float], ...]
+    post: dict[str, Any]
+
+    def evaluate(self, images: _Images, q: np.ndarray, g: np.ndarray, cell: str, **labels: Any) -> dict[str, Any]:
+        if len(self.members) == 1:
+            column, metric, _ = self.members[0]
+            f = images.features[column]
+            return evaluate(f[q], f[g], metric=metric, max_rank=MAX_RANK, cell=cell, **labels, **self.post)
+        members = [(images.features[c][q], images.features[c][g], metric) for c, metric, _ in self.members]
+        weights = [w for _, _, w in self.members]
+        return evaluate_fused(members, weights, max_rank=MAX_RANK, cell=cell, **labels)
+
+
+# (table, how to score, cell) -> rows
+Protocol = Callable[[pa.Table, Scoring, str], list[dict[str, Any]]]
+
+
+def score_cell(
+    protocol: str,
+    table: pa.Table,
+    metric: str,
+    *,
+    cell: str | None = None,
+    postprocess: str = "none",
+    options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Result rows for one cell: ``protocol`` (a dataset's ``DatasetSpec.protocol``) applied to ``table``.
 
-    ``cell`` names the cell in error messages (default: the protocol name). Each row has
-    ``protocol``, ``trial``, ``aggregate``, ``mAP``, ``rank1/5/10/20``, ``mINP``, ``cmc`` (the
-    curve to rank 50, a list), ``n_query``, ``n_query_scored``, ``n_gallery``.
+    ``cell`` names the cell in error messages (default: the protocol name). ``postprocess``
+    (``none`` | ``rerank`` | ``aqe``) with its ``options`` (``evaluate``'s ``rerank`` / ``aqe``
+    dict; None = the defaults). Each row has ``protocol``, ``trial``, ``aggregate``,
+    ``postprocess``, ``mAP``, ``rank1/5/10/20``, ``mINP``, ``cmc`` (the curve to rank 50, a
+    list), ``n_query``, ``n_query_scored``, ``n_gallery``.
     """
+    if postprocess not in POSTPROCESS:
+        raise UnknownNameError("post-processing", postprocess, list(POSTPROCESS))
+    post = {} if postprocess == "none" else {postprocess: dict(options or {})}
+    rows = _protocol(protocol, table, Scoring(((EMBEDDING, metric, 1.0),), post), cell or protocol)
+    return [{**row, "postprocess": postprocess} for row in rows]
+
+
+def score_fusion(
+    protocol: str, table: pa.Table, members: list[tuple[str, str, float]], *, cell: str | None = None
+) -> list[dict[str, Any]]:
+    """``score_cell`` for a fusion: ``table`` holds one embedding column per member, listed as
+    (column, metric, weight); rows as ``score_cell``'s, ``postprocess`` "none"."""
+    rows = _protocol(protocol, table, Scoring(tuple(members), {}), cell or protocol)
+    return [{**row, "postprocess": "none"} for row in rows]
+
+
+def _protocol(protocol: str, table: pa.Table, scoring: Scoring, cell: str) -> list[dict[str, Any]]:
     if protocol not in PROTOCOLS:
         raise UnknownNameError("protocol", protocol, list(PROTOCOLS))
-    cell = cell or protocol
-    missing = [c for c in REQUIRED if c not in table.column_names]
+    needed = [*(column for column, _, _ in scoring.members), *REQUIRED]
+    missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise CellError(f"cell {cell}: the embeddings table lacks column(s) {', '.join(missing)}")
-    return PROTOCOLS[protocol](table, metric, cell)
+    return PROTOCOLS[protocol](table, scoring, cell)
 
 
-def market(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+def market(table: pa.Table, scoring: Scoring, cell: str) -> list[dict[str, Any]]:
     """Single split, Market rule."""
-    return [_score(_Images.from_table(table, cell), "market", 0, metric, cell, camera_filter=True)]
+    return [_score(_Images.from_table(table, scoring, cell), "market", 0, scoring, cell, camera_filter=True)]
 
 
-def no_camera_filter(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+def no_camera_filter(table: pa.Table, scoring: Scoring, cell: str) -> list[dict[str, Any]]:
     """Single split; every same-identity gallery image is a positive (Celeb-reID, LaST)."""
-    return [_score(_Images.from_table(table, cell), "no-camera-filter", 0, metric, cell, camera_filter=False)]
+    images = _Images.from_table(table, scoring, cell)
+    return [_score(images, "no-camera-filter", 0, scoring, cell, camera_filter=False)]
 
 
-def grid(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
+def grid(table: pa.Table, scoring: Scoring, cell: str) -> list[dict[str, Any]]:
     """GRID: one row per trial of the released partition, then their mean."""
     if "grid_trials" not in table.column_names:
         raise CellError(f"cell {cell}: GRID needs the manifest column grid_trials (the test trials of each image)")
-    images = _Images.from_table(table, cell)
+    images = _Images.from_table(table, scoring, cell)
     in_trial = _trial_membership(table.column("grid_trials"), cell)
     rows = []
     for trial in range(GRID_TRIALS):
@@ -85,7 +143,7 @@ def grid(table: pa.Table, metric: str, cell: str) -> list[dict[str, Any]]:
             query=images.query & in_trial[:, trial],
             gallery=images.gallery & (in_trial[:, trial] | images.distractor),
         )
-        rows.append(_score(subset, "grid", trial, metric, f"{cell} (GRID trial {trial})", camera_filter=True))
+        rows.append(_score(subset, "grid", trial, scoring, f"{cell} (GRID trial {trial})", camera_filter=True))
     mean: dict[str, Any] = {"protocol": "grid", "trial": -1, "aggregate": True}
     for key in ("mAP", *(f"rank{r}" for r in RANKS), "mINP"):
         mean[key] = float(np.mean([r[key] for r in rows]))
@@ -102,7 +160,7 @@ PROTOCOLS: dict[str, Protocol] = {"market": market, "grid": grid, "no-camera-fil
 class _Images:
     """The table's columns as numpy arrays, and which images form the query and gallery sides."""
 
-    features: np.ndarray
+    features: dict[str, np.ndarray]  # per embedding column
     pid: np.ndarray
     camid: np.ndarray
     distractor: np.ndarray
@@ -110,12 +168,12 @@ class _Images:
     gallery: np.ndarray
 
     @classmethod
-    def from_table(cls, table: pa.Table, cell: str) -> _Images:
+    def from_table(cls, table: pa.Table, scoring: Scoring, cell: str) -> _Images:
         split = table.column("split").to_numpy(zero_copy_only=False)
         junk = table.column("is_junk").to_numpy(zero_copy_only=False).astype(bool)
         distractor = table.column("is_distractor").to_numpy(zero_copy_only=False).astype(bool)
         return cls(
-            features=_embeddings(table.column(EMBEDDING), cell),
+            features={c: _embeddings(table.column(c), cell) for c, _, _ in scoring.members},
             pid=table.column("pid").to_numpy().astype(np.int64),
             camid=table.column("camid").to_numpy().astype(np.int64),
             distractor=distractor,
@@ -125,21 +183,17 @@ class _Images:
 
 
 def _score(
-    images: _Images, protocol: str, trial: int, metric: str, cell: str, *, camera_filter: bool
+    images: _Images, protocol: str, trial: int, scoring: Scoring, cell: str, *, camera_filter: bool
 ) -> dict[str, Any]:
     q, g = images.query, images.gallery
-    m = evaluate(
-        images.features[q],
-        images.features[g],
-        images.pid[q],
-        images.pid[g],
-        images.camid[q],
-        images.camid[g],
-        metric=metric,
-        max_rank=MAX_RANK,
+    m = scoring.evaluate(
+        images, q, g, cell,
+        q_pids=images.pid[q],
+        g_pids=images.pid[g],
+        q_camids=images.camid[q],
+        g_camids=images.camid[g],
         g_distractor=images.distractor[g],
         camera_filter=camera_filter,
-        cell=cell,
     )
     row: dict[str, Any] = {"protocol": protocol, "trial": trial, "aggregate": False, "mAP": m["mAP"]}
     row.update({f"rank{r}": float(m["cmc"][r - 1]) for r in RANKS})

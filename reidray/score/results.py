@@ -1,4 +1,4 @@
-"""The results table: one row per (model, dataset, protocol, trial), fractions in [0, 1]."""
+"""The results table: one row per (model, dataset, protocol, trial, postprocess), fractions in [0, 1]."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ SCHEMA = pa.schema(
         ("n_gallery", pa.int64()),
         ("dim", pa.int32()),
         ("metric", pa.string()),
+        ("postprocess", pa.string()),  # none | rerank | aqe: what was done to the features' ranking
         ("embed_seconds", pa.float64()),
         ("images_per_second", pa.float64()),
         ("score_seconds", pa.float64()),

@@ -23,10 +23,10 @@ import ray
 
 from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord
 from reidray.config import EmbedSettings, resolve_precision
+from reidray.connect import ray_logs_hint
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
-from reidray.connect import ray_logs_hint
 from reidray.errors import CellError, one_line, user_error
 from reidray.models import get
 from reidray.models.preprocess import resize_key

@@ -236,7 +236,7 @@ def test_score_names_a_named_cell_that_is_not_stored(tmp_path):
                         weights_id=spec.weights_id, paradigm=spec.paradigm, params_m=spec.params_m,
                         metric=spec.metric, normalize=spec.normalize)
     store.write_json(f"{store.cell_dir('handcrafted', 'reidray-synth')}/cell.json", record.to_marker())
-    line = one_line_error(*cli("score", "--out", str(tmp_path), "-m", "random"),
+    one_line_error(*cli("score", "--out", str(tmp_path), "-m", "random"),
                           "no stored cell of the models and datasets named", "stored: handcrafted/reidray-synth")
     rc, out, err, seconds = cli("score", "--out", str(tmp_path), "-m", "random", "-d", "reidray-synth")
     assert rc == 1 and seconds < FAST, out + err

@@ -16,9 +16,9 @@ import ray
 
 from reidray.cells import CellRecord
 from reidray.config import JobConfig
+from reidray.connect import ray_logs_hint
 from reidray.embed.pipeline import decoded_images, embed_cell, fingerprint_for, stored_cell
 from reidray.embed.progress import finished_line
-from reidray.connect import ray_logs_hint
 from reidray.errors import ReidrayError, one_line, user_error
 from reidray.lease import CellBusyError
 from reidray.models import get

@@ -25,10 +25,10 @@ import ray
 
 from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord, nonfinite
 from reidray.config import EmbedSettings, resolve_precision
+from reidray.connect import ray_logs_hint, wait_for_resources
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
-from reidray.connect import ray_logs_hint, wait_for_resources
 from reidray.errors import CellError, ReidrayError, one_line, user_error
 from reidray.lease import cell_lease
 from reidray.models import get, uses_camera_ids

@@ -84,8 +84,8 @@ GPU = Sizes(models=MODELS, batch_size=None, forward_seconds=3.0, pipeline_images
 # One ViT, the quickest to build here: every code path, at the least CPU time (each model adds its
 # builds and Ray Data runs; the others also take seconds per CPU batch).
 SMOKE = Sizes(models=("dinov2-b14",), batch_size=2, forward_seconds=0.0, pipeline_images=16,
-              precision_ids=3, score_size="tiny", serve_model="dinov2-b14", serve_ids=3, serve_requests=8,
-              serve_seconds=1.0, serve_levels=(1, 2))
+              precision_ids=3, score_size="tiny", serve_model="dinov2-b14", serve_ids=3, serve_requests=4,
+              serve_seconds=60.0, serve_levels=(1, 2))
 
 
 class Unavailable(Exception):

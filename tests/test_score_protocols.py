@@ -236,16 +236,16 @@ def test_manifests_from_the_dataset_parsers_score_end_to_end(dataset: str, tmp_p
 def test_post_processing_reaches_evaluate_and_tags_the_rows(postprocess: str, options: dict | None) -> None:
     table = make_table()
     split = column(table, "split")
-    [row] = score_cell("market1501", table, "cosine", postprocess=postprocess, options=options)
+    [row] = score_cell(protocol("market1501"), table, "cosine", postprocess=postprocess, options=options)
     expected = direct(table, split == "query", split == "gallery", **{postprocess: options or {}})
     assert row["postprocess"] == postprocess and row["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
-    assert row["mAP"] != score_cell("market1501", table, "cosine")[0]["mAP"]
-    assert score_cell("market1501", table, "cosine")[0]["postprocess"] == "none"
+    assert row["mAP"] != score_cell(protocol("market1501"), table, "cosine")[0]["mAP"]
+    assert score_cell(protocol("market1501"), table, "cosine")[0]["postprocess"] == "none"
 
 
 def test_grid_trials_are_post_processed_each() -> None:
     table, member = grid_table()
-    rows = score_cell("grid", table, "cosine", postprocess="rerank")
+    rows = score_cell(protocol("grid"), table, "cosine", postprocess="rerank")
     assert len(rows) == 11 and {r["postprocess"] for r in rows} == {"rerank"}
     split, distractor = column(table, "split"), column(table, "is_distractor")
     q, g = (split == "query") & member[:, 3], (split == "gallery") & (member[:, 3] | distractor)
@@ -254,4 +254,4 @@ def test_grid_trials_are_post_processed_each() -> None:
 
 def test_unknown_post_processing_is_refused() -> None:
     with pytest.raises(UnknownNameError, match="valid post-processings: aqe, none, rerank"):
-        score_cell("market1501", make_table(), "cosine", postprocess="diffusion")
+        score_cell(protocol("market1501"), make_table(), "cosine", postprocess="diffusion")

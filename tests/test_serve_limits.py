@@ -20,7 +20,7 @@ from reidray.models import get
 from reidray.serve.app import _status, decode_resize
 from reidray.serve.galleries import Galleries
 from reidray.serve.settings import MAX_IMAGE_PIXELS, ServeSettings, clean_token, resolve_token
-from reidray.store import Store
+from reidray.store import Store, seal_parts
 
 
 def _png(width: int, height: int) -> bytes:
@@ -55,11 +55,13 @@ def _cell(store: Store, vectors: np.ndarray, model: str = "handcrafted", dataset
                       "camid": pa.array([0] * n, pa.int32()), "split": ["gallery"] * n,
                       "embedding": embedding_array(vectors.astype(np.float32))})
     store.write_table(f"{store.cell_dir(model, dataset)}/part-0.parquet", table)
+    parts, _ = seal_parts(store, model, dataset)  # as embed records them: the cell verifies
     spec = get(model)
     record = CellRecord(model=model, dataset=dataset, fingerprint="nan-test", n_images=n, dim=spec.dim,
                         embed_seconds=0.0, device="cpu", precision="fp32", random_init=False,
                         weights_id=spec.weights_id, paradigm=spec.paradigm, params_m=spec.params_m,
-                        metric=spec.metric, normalize=spec.normalize)
+                        metric=spec.metric, normalize=spec.normalize, parts=parts,
+                        total_bytes=sum(p.bytes for p in parts))
     store.write_json(f"{store.cell_dir(model, dataset)}/cell.json", record.to_marker())
 
 

@@ -144,7 +144,7 @@ def _fetch_file(spec: ModelSpec, part: Path, kind: str) -> int:
 
 def _check_checkpoint(spec: ModelSpec, path: Path) -> None:
     """The file loads as the model's checkpoint, of the registry's architecture, strictly."""
-    from reidray.models.registry import build
+    from reidray.models.factory import build
 
     try:
         build(spec.name, weights=path)

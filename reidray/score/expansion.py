@@ -12,13 +12,14 @@ selected pairs' dot products, so memory stays O(N * (D + k)).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from reidray.score.neighbours import PairDistances, nearest
+from reidray.score.options import parse_options
 
 ROWS = 4096  # items expanded at once: [ROWS, k, D] gathered features
 
@@ -34,16 +35,7 @@ class AqeOptions:
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> AqeOptions:
         """From ``evaluate(aqe=...)``: unknown keys and out-of-range values are errors."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            valid = ", ".join(sorted(names))
-            raise ValueError(f"unknown query-expansion option(s) {', '.join(unknown)}; valid: {valid}")
-        parsed = cls(**options)
-        for name in ("k", "times"):
-            value = getattr(parsed, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"query-expansion {name} must be an integer >= 1, got {value!r}")
+        parsed = parse_options(cls, options, "query-expansion", ("k", "times"))
         if not np.isfinite(float(parsed.alpha)):
             raise ValueError(f"query-expansion alpha must be a finite number, got {parsed.alpha!r}")
         return parsed

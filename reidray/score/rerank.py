@@ -37,13 +37,14 @@ resulting ties count against the model, as everywhere in ``metrics``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from reidray.score.neighbours import PairDistances, nearest
+from reidray.score.options import parse_options
 
 # Gallery entries gathered at once when building a query chunk's Jaccard term.
 TRIPLETS = 1 << 23
@@ -60,15 +61,7 @@ class RerankOptions:
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> RerankOptions:
         """From ``evaluate(rerank=...)``: unknown keys and out-of-range values are errors."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise ValueError(f"unknown re-ranking option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        parsed = cls(**options)
-        for name in ("k1", "k2"):
-            value = getattr(parsed, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"re-ranking {name} must be an integer >= 1, got {value!r}")
+        parsed = parse_options(cls, options, "re-ranking", ("k1", "k2"))
         if not 0.0 <= float(parsed.lambda_value) <= 1.0:
             raise ValueError(f"re-ranking lambda_value must be in [0, 1], got {parsed.lambda_value!r}")
         return parsed

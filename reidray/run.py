@@ -1,4 +1,4 @@
-"""The command line: ``python -m reidray.run all | embed | score | report | serve | datasets | models | weights``.
+"""The command line: ``python -m reidray.run all | embed | score | report | ranks | serve | datasets | models | weights``.
 
 Every command takes the same grid options (a job file, a data root, an output root, model and
 dataset names, the Ray address); options given on the command line override the job file.
@@ -225,6 +225,21 @@ def report(out: OutOpt = None) -> None:
     from reidray import flow
 
     flow.write_report(_open_store(default_output() if out is None else out), say)
+
+
+@app.command()
+@user_errors
+def ranks(
+    model: Annotated[str, typer.Option("--model", "-m", help="The stored cell's model.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="The stored cell's dataset.")],
+    query: Annotated[str, typer.Option(
+        "--query", help="A query image: its path as in the manifest, its image id, or its file name.")],
+    out: OutOpt = None,
+) -> None:
+    """One query's rank list in a stored cell, drawn as a PNG (its path is printed)."""
+    from reidray import flow
+
+    say(flow.rank_query(_open_store(default_output() if out is None else out), model, dataset, query))
 
 
 @app.command("datasets")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from reidray.config import (
-    AqeSettings, JobConfig, ModelEntry, RerankSettings, ScoreSettings, check_names, default_output, load_job,
+    DEFAULT_FUSIONS, AqeSettings, JobConfig, ModelEntry, RerankSettings, ScoreSettings, check_names, default_output, load_job,
 )
 from reidray.errors import ReidrayError, one_line
 
@@ -124,8 +124,12 @@ def _split(values: list[str] | None) -> list[str]:
 def build_job(job: str | None, data_root: str | None, out: str | None, models: list[str] | None,
               datasets: list[str] | None, random_init: bool) -> JobConfig:
     """The job file (or the defaults) with the command line's options laid over it."""
-    # The embedded default shows every row kind: plain, re-ranked, query-expanded.
-    default = {"output": default_output(), "score": ScoreSettings(rerank=RerankSettings(), aqe=AqeSettings())}
+    # The embedded default shows every row kind: plain, re-ranked, query-expanded, fused (a fusion
+    # only while -m names all its members, or none).
+    named = set(_split(models))
+    fusions = [f for f in DEFAULT_FUSIONS if not named or set(f.models) <= named]
+    default = {"output": default_output(), "score": ScoreSettings(rerank=RerankSettings(), aqe=AqeSettings()),
+               "fusions": fusions}
     config = load_job(job) if job else JobConfig(**default)
     updates: dict = {}
     if data_root is not None:

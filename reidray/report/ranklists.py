@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Mapping
+from pathlib import PurePosixPath
 
 import polars as pl
 import pyarrow as pa
@@ -154,7 +155,8 @@ def write_query_sheet(store: Store, lists: pa.Table) -> str:
     frame = pl.from_arrow(lists)
     first = frame.row(0, named=True)
     query = first["query_id"]
-    name = f"{dir_name(first['model'])}__{dir_name(first['dataset'])}__{dir_name(query.replace('/', '_'))}.png"
+    stem = PurePosixPath(query).with_suffix("").as_posix().replace("/", "_")
+    name = f"{dir_name(first['model'])}__{dir_name(first['dataset'])}__{dir_name(stem)}.png"
     path = f"{store.report_dir()}/{QUERIES}/{name}"
     title = (f"{first['model']} / {first['dataset']}: query {query}; protocol {first['protocol']}, "
              f"trial {first['trial']}")

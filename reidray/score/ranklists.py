@@ -2,8 +2,9 @@
 
 "Which queries fail, and what does the model confuse them with" is read off a rank list: the query,
 then its nearest gallery images. Each cell's sheet lists the ``HARDEST`` queries by AP (lowest
-first) and ``RANDOM`` more drawn with a fixed seed from the other scored queries (the same rows on
-every run over the same cell), each with its ``TOP`` nearest gallery images.
+first) and ``RANDOM`` more drawn with a fixed seed from the other queries that have a match (the
+same queries on every run, and in every cell of the dataset but for its hardest), each with its
+``TOP`` nearest gallery images.
 
 Everything follows the metric: the protocol's first query/gallery pair (``protocols.shown_side``;
 GRID: trial 0), the distance the metric ranks by (a fusion's too), its tie rule (at equal distance
@@ -49,8 +50,10 @@ def sheet(protocol: str, table: pa.Table, scoring: Scoring, cell: str, aps: dict
         raise CellError(f"cell {cell}: {len(ap)} query APs for {len(queries)} queries")
     scored = np.flatnonzero(~np.isnan(ap))
     hardest = scored[np.argsort(ap[scored], kind="stable")[:HARDEST]]
-    rest = np.setdiff1d(scored, hardest)
-    drawn = np.sort(np.random.default_rng(seed).choice(rest, size=min(RANDOM, len(rest)), replace=False))
+    # one seeded order of all the queries, whatever the model: every cell of a dataset shows the
+    # same random queries, save those that are among its hardest or have no match
+    order = np.random.default_rng(seed).permutation(len(queries))
+    drawn = np.sort(order[np.isin(order, scored) & ~np.isin(order, hardest)][:RANDOM])
     picked = np.concatenate([hardest, drawn]).astype(np.int64)
     kinds = ["hardest"] * len(hardest) + ["random"] * len(drawn)
     return _tiles(protocol, side, scoring, _image_ids(table), queries[picked], kinds, ap[picked])

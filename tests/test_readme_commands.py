@@ -25,6 +25,7 @@ SKIPPED = [
     ("reidray.run embed", "embeds the default grid (minutes); tests/test_flow.py covers the stage"),
     ("reidray.run score", "needs the main job's output; tests/test_flow.py scores stored cells"),
     ("reidray.run report", "needs the main job's output; tests/test_report.py writes reports"),
+    ("reidray.run ranks", "needs the main job's output; tests/test_ranklists.py runs it on a stored cell"),
     ("--download", "fetches weights from the model hubs, which this machine cannot reach; tests/test_models_fetch.py "
                    "covers the download offline"),
     ("export ", "sets a variable in the reader's own shell for the commands after it"),

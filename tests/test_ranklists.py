@@ -54,7 +54,8 @@ def cell_table(seed: int = 0, n_ids: int = 15) -> pa.Table:
 
 
 def columns(table: pa.Table) -> dict[str, np.ndarray]:
-    out = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("pid", "camid", "split", "is_junk", "is_distractor")}
+    names = ("pid", "camid", "split", "is_junk", "is_distractor")
+    out = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
     out["image_id"] = np.array(table.column("image_id").to_pylist(), dtype=object)
     out["f"] = np.stack(table.column("embedding").to_pylist()).astype(np.float32)
     return out
@@ -107,8 +108,8 @@ def test_rank_lists_follow_the_metric_ranking_aps_and_exclusions() -> None:
     # the random rows are the same on every run, and the same for another model of the dataset
     again = pl.from_arrow(pa.Table.from_pylist(sheet("market", table, plain("cosine"), "t", aps)))
     assert again.equals(lists)
-    other = table.set_column(table.schema.get_field_index("embedding"), "embedding",
-                             embedding_array(np.random.default_rng(9).standard_normal((table.num_rows, DIM)).astype(np.float32)))
+    noise = np.random.default_rng(9).standard_normal((table.num_rows, DIM)).astype(np.float32)
+    other = table.set_column(table.schema.get_field_index("embedding"), "embedding", embedding_array(noise))
     other_aps: dict = {}
     score_cell("market", other, "cosine", aps=other_aps)
     theirs = pl.from_arrow(pa.Table.from_pylist(sheet("market", other, plain("cosine"), "t", other_aps)))
@@ -134,7 +135,8 @@ def test_a_fusion_of_one_weighted_member_lists_as_that_member() -> None:
     np.testing.assert_allclose(fused[0], mine[0], atol=1e-9)
     a = pl.from_arrow(pa.Table.from_pylist(sheet("market", table, Scoring(members, {}), "t", fused)))
     b = pl.from_arrow(pa.Table.from_pylist(sheet("market", table, plain("cosine"), "t", mine)))
-    assert a.select("query_id", "gallery_id", "status", "rank").equals(b.select("query_id", "gallery_id", "status", "rank"))
+    shown = ("query_id", "gallery_id", "status", "rank")
+    assert a.select(shown).equals(b.select(shown))
 
 
 def test_one_query_by_file_name_path_or_id_and_an_unknown_one_refused() -> None:

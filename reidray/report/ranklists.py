@@ -144,7 +144,8 @@ def write_sheets(store: Store, results: pl.DataFrame, say: Callable[[str], None]
             paths[dataset] = manifest_paths(store, dataset)
         name = f"{SHEETS}/{dir_name(model)}__{dir_name(dataset)}.png"
         title = (f"{cell['label']} / {dataset}: the {_count(lists, 'hardest')} hardest queries by AP, then "
-                 f"{_count(lists, 'random')} at random (seeded); protocol {lists['protocol'][0]}, trial {lists['trial'][0]}")
+                 f"{_count(lists, 'random')} at random (seeded); protocol {lists['protocol'][0]}, "
+                 f"trial {lists['trial'][0]}")
         store.write_bytes(f"{store.report_dir()}/{name}", draw_sheet(lists, paths[dataset], title))
         drawn.append((f"{cell['label']} / {dataset}", name))
     return drawn

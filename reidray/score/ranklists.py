@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from reidray.cells import IMAGE_ID, PATH
 from reidray.errors import CellError, ReidrayError
-from reidray.score.protocols import Scoring, Side, shown_side, side_ap
+from reidray.score.graph import joined_cell
+from reidray.score.protocols import Scoring, Side, plain, shown_side, side_ap
 from reidray.score.results import ranklist_table
 from reidray.store import Store
 
@@ -74,9 +75,6 @@ def for_query(protocol: str, table: pa.Table, scoring: Scoring, cell: str, query
 
 def for_stored_query(store: Store, model: str, dataset: str, protocol: str, query: str) -> pa.Table:
     """``for_query`` on a stored cell, verified as the score stage reads it, as a rank-list table."""
-    from reidray.score.graph import joined_cell
-    from reidray.score.protocols import plain
-
     cell = store.cell_record(model, dataset)
     if cell is None:
         raise ReidrayError(f"cell {model}/{dataset} is not stored under {store.root}; "

@@ -315,6 +315,9 @@ def serve(
         help="GPUs per encoder replica; default: 1 if the cluster has GPUs.")] = None,
     models: Annotated[Optional[list[str]], typer.Option(
         "--models", "-m", help="Encoders by reference to serve beside the registry's (timm:..., python:...).")] = None,
+    ingress: Annotated[str, typer.Option(
+        help="HTTP front of a Ray started here: haproxy (Ray's throughput mode) or proxy (Serve's Python proxy).")
+    ] = "haproxy",
 ) -> None:
     """Serve the encoders and the stored galleries over HTTP (Ray Serve) until Ctrl-C."""
     from reidray.models.references import is_reference
@@ -324,7 +327,7 @@ def serve(
     serve_command(config.output, host, port, token, address=address, random_init=config.random_init,
                   weights={e.name: e.weights for e in config.models if e.weights}, max_upload_mb=max_upload_mb,
                   max_models=max_models, num_gpus=num_gpus, say=say,
-                  references=[e.name for e in config.models if is_reference(e.name)])
+                  references=[e.name for e in config.models if is_reference(e.name)], ingress=ingress)
 
 
 def _finish(failures: list[str]) -> None:

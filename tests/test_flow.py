@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 
 from reidray.config import ScoreSettings
 from reidray.datasets.synth import generate
+from reidray.report.frame import load_results
 from reidray.run import app
 from reidray.score import evaluate
 from reidray.score.graph import placement_warning
+from reidray.store import Store
 
 runner = CliRunner()
 
@@ -172,6 +174,21 @@ def test_a_fusion_is_one_more_model_and_a_missing_member_skips_it(ray_session, f
     assert fused["mAP"] == pytest.approx(plain["mAP"], abs=1e-9)
     assert not (out / "results" / "needs-osnet__reidray-synth.parquet").exists()
     assert "| colour-only" in cli("report", "--out", str(out)).output
+    assert [m["model"] for m in fused["members"]] == ["handcrafted", "random"]
+    # a member embedded again since the fusion was scored (its rows name the older fingerprint):
+    # the report leaves the fusion out, naming the member, and keeps the members' own rows
+    path = out / "results" / "colour-only__reidray-synth.parquet"
+    kept = path.read_bytes()
+    try:
+        older = pl.read_parquet(path).with_columns(pl.col("members").list.eval(
+            pl.struct(pl.element().struct.field("model"), pl.lit("0" * 16).alias("fingerprint"))))
+        older.write_parquet(path)
+        frame, stale = load_results(Store.open(str(out)))
+        assert "colour-only" not in frame["model"].to_list() and "handcrafted" in frame["model"].to_list()
+        assert any("colour-only__reidray-synth" in line and "cell handcrafted/reidray-synth was embedded again" in line
+                   for line in stale), stale
+    finally:
+        path.write_bytes(kept)
 
 
 def test_score_tasks_no_node_can_hold_are_named(ray_session):

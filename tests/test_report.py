@@ -262,7 +262,8 @@ def _rows(
             "n_query": 10, "n_query_scored": 10, "n_gallery": 100, "dim": spec.dim, "metric": spec.metric,
             "postprocess": postprocess,
             "embed_seconds": 1.0, "images_per_second": 1.0, "score_seconds": 1.0, "device": "cpu",
-            "random_init": model in random_init, "fingerprint": "test", "created_at": datetime.now(timezone.utc),
+            "random_init": model in random_init, "fingerprint": "test", "members": [],
+            "created_at": datetime.now(timezone.utc),
         })  # fmt: skip
     return pl.from_arrow(to_table(rows))
 

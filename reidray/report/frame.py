@@ -65,10 +65,18 @@ def load_results(store: Store) -> tuple[pl.DataFrame, list[str]]:
         if missing:
             stale.append(f"results file {where} lacks column(s) {', '.join(missing)}; {rescore}")
             continue
-        # the cells the rows name (a file name is only a folder-safe form of them); a fusion's rows
-        # come from its members' cells and are scored afresh with every run that scores them
-        cells = frame.filter(pl.col("paradigm") != "fusion").select("model", "dataset", "fingerprint").unique()
-        for cell_model, cell_dataset, fingerprint in cells.iter_rows():
+        # the cells the rows were scored from (a file name is only a folder-safe form of them): a
+        # cell's own, or a fusion's members at the fingerprints they had then
+        cells = frame.filter(pl.col("paradigm") != "fusion").select("model", "dataset", "fingerprint")
+        fused = frame.filter(pl.col("paradigm") == "fusion")
+        if len(fused) and "members" not in fused.columns:
+            stale.append(f"results file {where} names no member cells (written before fusions recorded them); "
+                         f"{rescore}")
+            continue
+        if len(fused):
+            cells = pl.concat([cells, fused.select("dataset", "members").explode("members").unnest("members")
+                               .select("model", "dataset", "fingerprint")])
+        for cell_model, cell_dataset, fingerprint in cells.unique().iter_rows():
             problem = _provenance(store, cell_model, cell_dataset, fingerprint, manifests)
             if problem:
                 stale.append(f"results file {where} is stale: {problem}")

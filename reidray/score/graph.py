@@ -85,6 +85,7 @@ def score_task(root: str, cell: CellRecord, protocol: str,
         "device": cell.device,
         "random_init": cell.random_init,
         "fingerprint": cell.fingerprint,
+        "members": [],
     }
     return _with(common, rows), ranklists.with_cell(sheet, cell.model, cell.dataset, cell.fingerprint)
 
@@ -142,6 +143,7 @@ def fusion_rows(root: str, name: str, cells: list[CellRecord], weights: list[flo
         "device": ",".join(sorted({c.device for c in cells})),
         "random_init": any(c.random_init for c in cells),
         "fingerprint": fused,
+        "members": [{"model": c.model, "fingerprint": c.fingerprint} for c in cells],
     }
     return _with(common, rows), ranklists.with_cell(sheet, name, dataset, fused)
 

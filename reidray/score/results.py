@@ -33,6 +33,9 @@ SCHEMA = pa.schema(
         ("device", pa.string()),
         ("random_init", pa.bool_()),
         ("fingerprint", pa.string()),
+        # the stored cells a fusion was scored from, at their fingerprints then (empty for a cell's
+        # own rows): the report shows a fusion only while every member cell is still that one
+        ("members", pa.list_(pa.struct([("model", pa.string()), ("fingerprint", pa.string())]))),
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )

@@ -8,11 +8,14 @@ session's log folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from reidray.config import WAIT_ENV, wait_seconds
 from reidray.errors import ReidrayError
@@ -50,6 +53,70 @@ def quiet_ray_data() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):  # reidray names each failed cell itself
             handler.setLevel(logging.INFO if _verbose else logging.CRITICAL)
+
+
+# Lines Ray's C++ core writes straight to this process's stderr (Python logging cannot reach them)
+# that are false alarms on a healthy run; the session's python-core-driver-*.log keeps each one.
+# Ray Data creates every actor-pool worker with its own object references (the map transformer and
+# the DataContext, put by Ray Data itself) and max_restarts=-1, so the core worker logs this once
+# per process for any actor pool, whatever the UDF's arguments (ray-project/ray#53727). The
+# restarts it warns about are what let a cell survive a killed encoder actor (tests/test_embed.py),
+# and Ray Data holds those references for as long as the pool lives.
+RAY_FALSE_ALARMS = (b"has constructor arguments in the object store and max_restarts > 0",)
+_filter_lock = threading.Lock()
+_filter_users = 0
+_filter_state: tuple[int, threading.Thread] | None = None  # (the real stderr's fd, the forwarding thread)
+
+
+@contextlib.contextmanager
+def ray_false_alarms_hidden() -> Iterator[None]:
+    """While the block runs, this process's stderr (fd 2) passes through a thread that forwards
+    every line as it comes except Ray's known false alarms (``RAY_FALSE_ALARMS``); with --verbose,
+    nothing is filtered. Nested and concurrent uses share one filter; the last one out restores
+    fd 2 and waits until every line written meanwhile is forwarded."""
+    global _filter_users, _filter_state
+    if _verbose:
+        yield
+        return
+    with _filter_lock:
+        _filter_users += 1
+        if _filter_users == 1:
+            _filter_state = _start_filter()
+    try:
+        yield
+    finally:
+        with _filter_lock:
+            _filter_users -= 1
+            if _filter_users == 0 and _filter_state is not None:
+                _stop_filter(*_filter_state)
+                _filter_state = None
+
+
+def _start_filter() -> tuple[int, threading.Thread]:
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with open(read_end, "rb") as lines, open(real, "wb", closefd=False) as out:
+            for line in lines:
+                if not any(alarm in line for alarm in RAY_FALSE_ALARMS):
+                    out.write(line)
+                    out.flush()
+
+    thread = threading.Thread(target=forward, name="ray-stderr-filter", daemon=True)
+    thread.start()
+    return real, thread
+
+
+def _stop_filter(real: int, thread: threading.Thread) -> None:
+    sys.stderr.flush()
+    os.dup2(real, 2)  # the pipe's last writer gone: the thread reads what is left, then ends
+    thread.join(timeout=5.0)
+    if not thread.is_alive():  # else a writer we did not start still holds the pipe: keep its target
+        os.close(real)
 
 
 def ray_logs_hint() -> str:

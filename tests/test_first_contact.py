@@ -4,6 +4,7 @@ with one line that names the cause and the fix (exit 2), never a traceback, a ha
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,12 +19,14 @@ from reidray.run import INTERRUPTED
 FAST = 60  # seconds: a mistake found before Ray starts is reported well within this (import included)
 
 
-def cli(*args: str, env: dict | None = None, cwd: Path | None = None,
-        timeout: float = 300) -> tuple[int, str, str, float]:
-    """``python -m reidray.run ARGS`` in a fresh process: (exit status, stdout, stderr, seconds)."""
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300,
+        unset: tuple[str, ...] = ()) -> tuple[int, str, str, float]:
+    """``python -m reidray.run ARGS`` in a fresh process, with ``env`` over this one's and the
+    ``unset`` variables gone: (exit status, stdout, stderr, seconds)."""
     start = time.monotonic()
+    environ = {key: value for key, value in {**os.environ, **(env or {})}.items() if key not in unset}
     done = subprocess.run([sys.executable, "-m", "reidray.run", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+                          timeout=timeout, env=environ, cwd=cwd)
     return done.returncode, done.stdout, done.stderr, time.monotonic() - start
 
 
@@ -205,6 +208,32 @@ def test_a_full_disk_fails_the_cell_in_one_line_naming_the_cause(tmp_path, full_
 
 
 # --- quiet by default -----------------------------------------------------------------------------
+# A line of Ray's own logs: its C++ core's "[2026-12-02 18:32:52,051 E 4107 4743] core_worker.cc:..."
+# or its Python loggers' "2026-12-02 18:35:30,438\tWARNING worker.py:..."
+RAY_LOG_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(?:[DIWEF] \d+ \d+\]|[A-Z]+\s)", re.M)
+
+
+@pytest.mark.slow
+def test_a_healthy_run_prints_only_reidrays_lines_and_verbose_adds_rays(tmp_path):
+    """A first run as a new user makes it (a local Ray, Ray's default token authentication): nothing
+    on stderr, no line of Ray's (its core worker's E-level actor-constructor line included), one
+    line per cell scored; the rerun with -v shows Ray's own lines and skips the current results."""
+    job = tmp_path / "job.yaml"
+    job.write_text("synthetic: {n_ids: 20}\n")
+    args = ("all", "--job", str(job), "--out", str(tmp_path / "out"), "-m", "handcrafted")
+    rc, out, err, _ = cli(*args, env={"RAY_ADDRESS": ""}, unset=("RAY_AUTH_MODE",))
+    assert rc == 0, out + err
+    assert err == "", err
+    assert not RAY_LOG_LINE.search(out), out
+    lines = out.splitlines()
+    assert any(line.startswith("embed handcrafted/reidray-synth: ") and " images in " in line for line in lines), out
+    assert lines.count("score handcrafted/reidray-synth: stored") == 1, out
+    rc, out, err, _ = cli(*args, "-v", env={"RAY_ADDRESS": ""}, unset=("RAY_AUTH_MODE",))
+    assert rc == 0, out + err
+    assert RAY_LOG_LINE.search(out + err), out + err
+    assert "score handcrafted/reidray-synth: results current already, skipped" in out.splitlines()
+
+
 def test_the_default_grid_says_what_it_leaves_out_in_short_lines(tmp_path):
     from reidray import flow
     from reidray.config import JobConfig

@@ -166,7 +166,7 @@ def _setup(job, data_root, out, models, datasets, random_init, address, verbose)
     address = check_address(address)
     grid = flow.resolve_grid(config, store, say)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say, local=address is None)
+    flow.check_placement(config, say)
     return flow, config, store, grid
 
 
@@ -214,7 +214,7 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
         _finish(failures)
     address = check_address(address)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say, local=address is None)
+    flow.check_placement(config, say)
     _finish(failures + flow.score_stored(store, config, cells, say, redo=redo))
 
 

@@ -128,8 +128,38 @@ def test_score_tasks_no_node_can_hold_stop_the_run_before_embedding(tmp_path):
     out = tmp_path / "out"
     rc, stdout, err, seconds = cli("all", "--job", str(job), "--out", str(out), "-m", "handcrafted",
                                    env={"RAY_ADDRESS": ""})
-    one_line_error(rc, stdout, err, seconds, "asks for 64 CPU(s)", "never has more", "score.num_cpus", limit=180)
+    one_line_error(rc, stdout, err, seconds, "each score task asks for 64 CPU but no node has that",
+                   "the Ray this run started never has more", "lower score.num_cpus in the job file", limit=180)
     assert not (out / "embeddings").exists()
+
+
+def test_score_tasks_no_node_of_a_joined_cluster_can_hold_are_waited_for_then_stop_the_run(ray_session, tmp_path):
+    """On a cluster (--address) an autoscaler may add the node: the run says so, waits the bounded
+    time ($REIDRAY_WAIT_SECONDS, here 3 s), then stops in one line naming the resource and the fix."""
+    job = tmp_path / "job.yaml"
+    job.write_text("score:\n  num_cpus: 64\nsynthetic: {n_ids: 4}\n")
+    out = tmp_path / "out"
+    address = ray_session.get_runtime_context().gcs_address
+    rc, stdout, err, seconds = cli("all", "--job", str(job), "--out", str(out), "-m", "handcrafted", "--address",
+                                   address, env={"REIDRAY_WAIT_SECONDS": "3"})
+    one_line_error(rc, stdout, err, seconds, "each score task: no node with 64 CPU appeared in 3 s",
+                   "lower score.num_cpus in the job file")
+    waiting = [line for line in stdout.splitlines() if "waiting up to 3 s for the autoscaler" in line]
+    assert len(waiting) == 1 and "REIDRAY_WAIT_SECONDS" in waiting[0], stdout
+    assert not (out / "embeddings").exists()
+
+
+def test_every_wait_is_60_seconds_unless_set(monkeypatch):
+    from reidray.config import wait_seconds
+    from reidray.errors import ReidrayError
+
+    monkeypatch.delenv("REIDRAY_WAIT_SECONDS", raising=False)
+    assert wait_seconds() == 60
+    monkeypatch.setenv("REIDRAY_WAIT_SECONDS", "600")
+    assert wait_seconds() == 600
+    monkeypatch.setenv("REIDRAY_WAIT_SECONDS", "ten")
+    with pytest.raises(ReidrayError, match="REIDRAY_WAIT_SECONDS='ten' is not a number of seconds"):
+        wait_seconds()
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------

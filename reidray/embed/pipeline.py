@@ -177,8 +177,7 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
         say(f"{label}: redoing the cell: {why}")
 
     try:
-        wait_for_resources({"GPU": res.num_gpus}, what=f"cell {model}/{dataset}: each encoder actor",
-                           timeout_s=settings.resource_wait_s, say=say,
+        wait_for_resources({"GPU": res.num_gpus}, what=f"cell {model}/{dataset}: each encoder actor", say=say,
                            fix="set embed.num_gpus: 0 in the job file to embed on CPUs, or give the cluster a GPU "
                                "worker group")
     except ReidrayError as exc:

@@ -157,6 +157,15 @@ def _open_store(root: str) -> Store:
     return store
 
 
+def _open_written(root: str) -> Store:
+    """The output root of a command that reads what `all` or `embed` wrote (score, report): a
+    local root that is not there is refused in one line and not created (a mistyped --out)."""
+    from reidray.store import Store
+
+    Store.open(root, read_only=True)
+    return _open_store(root)
+
+
 def _setup(job, data_root, out, models, datasets, random_init, address, verbose):
     from reidray import flow
     from reidray.connect import check_address, connect
@@ -206,7 +215,7 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
     from reidray.connect import check_address, connect
 
     config = build_job(job, data_root, out, models, datasets, random_init)
-    store = _open_store(config.output)
+    store = _open_written(config.output)
     cells, failures = flow.stored_cells(store, config)
     for line in failures:
         say(f"FAILED {line}")
@@ -224,7 +233,7 @@ def report(out: OutOpt = None) -> None:
     """Tables of every stored result (Markdown), printed and written under <out>/report/."""
     from reidray import flow
 
-    flow.write_report(_open_store(default_output() if out is None else out), say)
+    flow.write_report(_open_written(default_output() if out is None else out), say)
 
 
 @app.command("datasets")

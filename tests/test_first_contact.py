@@ -71,8 +71,16 @@ def test_an_unknown_name_in_a_job_file_names_its_file_and_line(tmp_path):
 
 def test_score_on_an_empty_root_says_to_embed_first(tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
     one_line_error(*cli("score", "--out", str(out)), "nothing embedded yet; run `embed` or `all`")
-    assert not (out / "data").exists()
+    assert list(out.iterdir()) == []  # no data generated, nothing written
+
+
+@pytest.mark.parametrize("command", ["score", "report"])
+def test_reading_a_root_that_is_not_there_creates_nothing(tmp_path, command):
+    out = tmp_path / "typo"
+    one_line_error(*cli(command, "--out", str(out)), f"output root {out} does not exist", "--out")
+    assert not out.exists()
 
 
 def test_datasets_on_a_missing_folder_exits_2_and_the_builtin_one_is_never_missing(tmp_path):

@@ -85,7 +85,10 @@ def ray_false_alarms_hidden() -> Iterator[None]:
     with _filter_lock:
         _filter_users += 1
         if _filter_users == 1:
-            _filter_state = _start_filter()
+            try:
+                _filter_state = _start_filter()
+            except OSError:  # no usable stderr (closed, or out of descriptors): nothing to keep quiet
+                _filter_state = None
     try:
         yield
     finally:

@@ -175,7 +175,6 @@ def _setup(job, data_root, out, models, datasets, random_init, address, verbose)
     address = check_address(address)
     grid = flow.resolve_grid(config, store, say)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say)
     return flow, config, store, grid
 
 
@@ -186,6 +185,7 @@ def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mode
          verbose: VerboseOpt = False, redo: RedoOpt = False) -> None:
     """The whole flow: parse datasets, embed every cell, score it, write the report."""
     flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address, verbose)
+    flow.check_placement(config, say)  # before any embedding: a score task no node can hold
     manifests = flow.prepare_manifests(grid, config, store, say)
     failures = flow.embed_and_score(grid, manifests, config, store, say, redo=redo)
     if config.report:

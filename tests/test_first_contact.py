@@ -251,6 +251,22 @@ def test_a_full_disk_fails_the_cell_in_one_line_naming_the_cause(tmp_path, full_
 RAY_LOG_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(?:[DIWEF] \d+ \d+\]|[A-Z]+\s)", re.M)
 
 
+def test_the_stderr_filter_drops_only_rays_known_false_alarm(capfd):
+    """While a cell embeds, stderr goes through a filter: Ray's actor-constructor E line is dropped,
+    every other line still reaches the user, in order, before anything written after the block."""
+    from reidray.connect import ray_false_alarms_hidden
+
+    alarm = ("[2026-12-02 18:32:52,051 E 4107 4743] core_worker.cc:2465: Actor with class name: 'MapWorker(x)' "
+             "and ID: 'ab' has constructor arguments in the object store and max_restarts > 0. If the arguments "
+             "in the object store go out of scope or are lost, the actor restart will fail.\n")
+    with ray_false_alarms_hidden():
+        os.write(2, b"a real problem\n")
+        os.write(2, alarm.encode())
+        os.write(2, b"Traceback (most recent call last):\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "a real problem\nTraceback (most recent call last):\nafter\n"
+
+
 @pytest.mark.slow
 def test_a_healthy_run_prints_only_reidrays_lines_and_verbose_adds_rays(tmp_path):
     """A first run as a new user makes it (a local Ray, Ray's default token authentication): nothing

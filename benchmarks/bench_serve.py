@@ -2,7 +2,7 @@
 
     python benchmarks/bench_serve.py                        # handcrafted, synthetic gallery, 1/8/32 clients
     python benchmarks/bench_serve.py --levels 1,8,32 --seconds 10
-    python benchmarks/bench_serve.py --direct-ingress                # + the replicas' own ports, no proxy
+    python benchmarks/bench_serve.py --ingress proxy                 # Serve's Python proxy instead of HAProxy
     python benchmarks/bench_serve.py --url http://host:8000 --token T --images q/   # a running service only
 
 Without ``--url`` it starts everything locally: Ray, the built-in synthetic dataset (``--n-ids``
@@ -12,21 +12,20 @@ a FastAPI app that loads the same cell and calls the same reidray functions (``d
 the embed stage's ``EncoderActor``, the galleries' faiss index), no Ray. Each level sends
 ``POST /search`` (top-10) from that many concurrent clients, each sending its next query image as
 soon as its previous answer arrives, for ``--seconds`` per side (at most ``--requests``); the
-sides alternate within each level, so all meet the same machine load. ``--direct-ingress`` starts
-Ray with Serve's direct ingress (alpha in Ray 2.60): the ingress replicas also listen on ports of
-their own, and a third side sends the same load there, past the proxy.
+sides alternate within each level, so all meet the same machine load. Ray starts with the HTTP
+front ``python -m reidray.run serve`` gives by default (``--ingress``: ``reidray.serve.ingress``).
 
 Latency and throughput are client-side, over real HTTP on 127.0.0.1. The time per hop comes from
 the servers' ``Server-Timing`` header (``reidray.serve.timing``; both sides run with it on):
 ``proxy`` is the client's latency minus the time inside the ingress app (the HTTP server and, for
-Serve, its proxy and the proxy-to-replica hop), ``ingress`` the app's own work (checks, reading
+Serve, its HTTP front and the hop to the replica), ``ingress`` the app's own work (checks, reading
 the body, the response), ``encoder`` the wait for the image's answer less the search (queue,
 decode, forward pass), ``index`` the faiss search; ``decode`` and ``forward`` are those steps over
 the batch the request was in, ``batch`` the mean batch size; medians. Wall-clock figures depend on
 what else the machine runs; the second table does less: the CPU milliseconds each process group
 spent per request (Linux /proc, the servers being this process's descendants).
 
-The functions (``prepare``, ``start_serve``, ``plain_server``, ``direct_urls``, ``run_level``,
+The functions (``prepare``, ``start_serve``, ``plain_server``, ``run_level``,
 ``compare``, ``markdown``) are importable: the GPU proof and tests/test_serve_speed.py use them.
 """
 
@@ -51,6 +50,8 @@ import httpx
 import numpy as np
 from fastapi import FastAPI, Query, Request  # at module level: the plain app's annotations resolve here
 from fastapi.responses import JSONResponse
+
+from reidray.serve.ingress import DEFAULT, INGRESSES, use_ingress
 
 DATASET = "reidray-synth"
 HOPS = ("proxy", "ingress", "encoder", "index")
@@ -89,25 +90,6 @@ def start_serve(out: str, **settings) -> str:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"out": out, "server_timing": True, **settings}), name=APP_NAME, route_prefix="/")
     return f"http://127.0.0.1:{port}"
-
-
-def direct_urls() -> list[str]:
-    """The ingress replicas' own HTTP addresses under Ray's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``
-    when Ray starts; alpha in Ray 2.60): each replica serves HTTP itself, no proxy hop."""
-    import ray
-    from ray.serve.context import _get_global_client
-
-    from reidray.serve.app import APP_NAME
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(APP_NAME))
-        urls = [f"http://127.0.0.1:{t.port}" for g in groups if g.protocol == "HTTP"
-                for t in g.targets]
-        if urls and all(_healthy(u) for u in urls):
-            return urls
-        time.sleep(1)
-    raise RuntimeError("no direct-ingress replica answered within 60 s")
 
 
 def _healthy(url: str) -> bool:
@@ -205,7 +187,8 @@ def _run_plain(out: str, port: int, model: str, gallery: str, random_init: bool)
 
 
 # --- CPU per request -----------------------------------------------------------------------------
-GROUPS = (("ProxyActor", "proxy"), ("Gateway", "ingress"), ("Embedder", "embedder"), ("--plain-server", "plain"))
+GROUPS = (("ProxyActor", "proxy"), ("bin/haproxy", "proxy"), ("HAProxyManager", "proxy"), ("Gateway", "ingress"),
+          ("Embedder", "embedder"), ("--plain-server", "plain"))
 
 
 def _cpu_by_process() -> dict[int, tuple[str, float]]:
@@ -276,10 +259,9 @@ class Level:
                 "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), **hops}
 
 
-async def run_level(url: str | list[str], side: str, clients: int, images: list[bytes], params: dict, *,
+async def run_level(url: str, side: str, clients: int, images: list[bytes], params: dict, *,
                     seconds: float, max_requests: int, headers: dict | None = None) -> Level:
-    """``clients`` concurrent clients posting ``/search`` until ``seconds`` pass or ``max_requests`` are sent
-    (given several URLs, the clients are spread over them)."""
+    """``clients`` concurrent clients posting ``/search`` until ``seconds`` pass or ``max_requests`` are sent."""
     from reidray.serve.timing import parse
 
     level = Level(side, clients)
@@ -298,18 +280,15 @@ async def run_level(url: str | list[str], side: str, clients: int, images: list[
             if "server-timing" in response.headers:
                 level.timings.append(parse(response.headers["server-timing"]))
 
-    urls = [url] if isinstance(url, str) else url
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with contextlib.AsyncExitStack() as stack:
-        https = [await stack.enter_async_context(httpx.AsyncClient(base_url=u, headers=headers or {}, timeout=120,
-                                                                   limits=limits)) for u in urls]
+    async with httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=120, limits=limits) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(client(https[i % len(https)]) for i in range(clients)))
+        await asyncio.gather(*(client(http) for _ in range(clients)))
         level.wall = time.perf_counter() - started
     return level
 
 
-def compare(urls: dict[str, str | list[str]], images: list[bytes], params: dict, levels: list[int], *, seconds: float,
+def compare(urls: dict[str, str], images: list[bytes], params: dict, levels: list[int], *, seconds: float,
             max_requests: int = 100_000, headers: dict | None = None, warmup: float = 2.0) -> list[dict]:
     """Every side at every level, sides alternating within a level; one row per (level, side)."""
     for side, url in urls.items():  # models loaded, indexes built, connections open
@@ -360,8 +339,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="load per side and level")
     parser.add_argument("--requests", type=int, default=100_000, help="at most this many per side and level")
     parser.add_argument("--serve-args", default="{}", help="JSON: extra Serve app args (ServeSettings)")
-    parser.add_argument("--direct-ingress", action="store_true",
-                        help="start Ray with Serve's direct ingress (alpha) and measure the replicas' own ports too")
+    parser.add_argument("--ingress", default=DEFAULT, choices=INGRESSES,
+                        help="the Serve side's HTTP front (local start; as `reidray.run serve --ingress`)")
     parser.add_argument("--plain-server", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--random-init", action="store_true", help=argparse.SUPPRESS)
@@ -385,17 +364,16 @@ def main() -> None:
         from ray import serve
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        if args.direct_ingress:
-            os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by Serve's processes when Ray starts
+        ingress, why = use_ingress(args.ingress)  # read by Serve's processes when Ray starts
+        if why:
+            print(f"Serve's HTTP proxy instead of HAProxy: {why}", file=sys.stderr)
         out = args.out or tempfile.mkdtemp(prefix="bench-serve-")
         ray.init(include_dashboard=False, log_to_driver=False)
         try:
             queries = prepare(out, args.n_ids, args.model)
             with plain_server(out, args.model, args.gallery) as plain:
                 serve_url = start_serve(out, **json.loads(args.serve_args))
-                sides: dict[str, str | list[str]] = {"plain": plain, "serve": serve_url}
-                if args.direct_ingress:
-                    sides["serve, direct ingress"] = direct_urls()
+                sides = {"plain": plain, f"serve ({ingress})": serve_url}
                 rows = compare(sides, [p.read_bytes() for p in queries], params, levels, seconds=args.seconds,
                                max_requests=args.requests)
         finally:

@@ -246,6 +246,9 @@ class Run:
         import ray
 
         if not ray.is_initialized():
+            from reidray.serve.ingress import use_ingress
+
+            use_ingress()  # the serve part measures the front `reidray.run serve` starts with
             ray.init(include_dashboard=False, log_to_driver=False)
         return ray
 

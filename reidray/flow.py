@@ -182,12 +182,12 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
 
 
 def results_current(store: Store, cell: CellRecord, postprocess: set[str]) -> bool:
-    """Whether the cell's stored results were scored from embeddings with this fingerprint and hold
-    the post-processing kinds this run asks for (the caller also asks that this run found the cell
+    """Whether the cell's stored results (and its rank lists) were scored from embeddings with this
+    fingerprint and hold the post-processing kinds this run asks for (the caller also asks that this run found the cell
     complete rather than redoing it). Changed re-ranking or expansion options are not seen here:
     `score` rescores."""
     path = store.result_path(cell.model, cell.dataset)
-    if not store.exists(path):
+    if not store.exists(path) or not store.exists(store.ranklist_path(cell.model, cell.dataset)):
         return False
     try:
         stored = store.read_table(path, columns=["fingerprint", "postprocess"])
@@ -265,3 +265,12 @@ def write_report(store: Store, say: Say, missing_ok: bool = False) -> str:
     from reidray.report import build
 
     return build.write_report(store, say, missing_ok)
+
+
+def rank_query(store: Store, model: str, dataset: str, query: str) -> str:
+    """One query's rank list in a stored cell (score computes it, the report draws it); the PNG's URI."""
+    from reidray.report.ranklists import write_query_sheet
+    from reidray.score.ranklists import for_stored_query
+
+    lists = for_stored_query(store, model, dataset, datasets.get(dataset).protocol, query)
+    return store.uri_of(write_query_sheet(store, lists))

@@ -1,4 +1,4 @@
-"""The command line: ``python -m reidray.run all | embed | score | report | serve | datasets | models | weights``.
+"""The command line: ``python -m reidray.run all | embed | score | report | ranks | serve | datasets | models | weights``.
 
 Every command takes the same grid options (a job file, a data root, an output root, model and
 dataset names, the Ray address); options given on the command line override the job file.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from reidray.config import (
-    AqeSettings, JobConfig, ModelEntry, RerankSettings, ScoreSettings, check_names, default_output, load_job,
+    DEFAULT_FUSIONS, AqeSettings, JobConfig, ModelEntry, RerankSettings, ScoreSettings, check_names, default_output, load_job,
 )
 from reidray.errors import ReidrayError, one_line
 
@@ -124,8 +124,12 @@ def _split(values: list[str] | None) -> list[str]:
 def build_job(job: str | None, data_root: str | None, out: str | None, models: list[str] | None,
               datasets: list[str] | None, random_init: bool) -> JobConfig:
     """The job file (or the defaults) with the command line's options laid over it."""
-    # The embedded default shows every row kind: plain, re-ranked, query-expanded.
-    default = {"output": default_output(), "score": ScoreSettings(rerank=RerankSettings(), aqe=AqeSettings())}
+    # The embedded default shows every row kind: plain, re-ranked, query-expanded, fused (a fusion
+    # only while -m names all its members, or none).
+    named = set(_split(models))
+    fusions = [f for f in DEFAULT_FUSIONS if not named or set(f.models) <= named]
+    default = {"output": default_output(), "score": ScoreSettings(rerank=RerankSettings(), aqe=AqeSettings()),
+               "fusions": fusions}
     config = load_job(job) if job else JobConfig(**default)
     updates: dict = {}
     if data_root is not None:
@@ -236,6 +240,21 @@ def report(out: OutOpt = None) -> None:
     flow.write_report(_open_written(default_output() if out is None else out), say)
 
 
+@app.command()
+@user_errors
+def ranks(
+    model: Annotated[str, typer.Option("--model", "-m", help="The stored cell's model.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="The stored cell's dataset.")],
+    query: Annotated[str, typer.Option(
+        "--query", help="A query image: its path as in the manifest, its image id, or its file name.")],
+    out: OutOpt = None,
+) -> None:
+    """One query's rank list in a stored cell, drawn as a PNG (its path is printed)."""
+    from reidray import flow
+
+    say(flow.rank_query(_open_store(default_output() if out is None else out), model, dataset, query))
+
+
 @app.command("datasets")
 @user_errors
 def datasets_(data_root: DataOpt = None) -> None:
@@ -305,6 +324,9 @@ def serve(
         help="GPUs per encoder replica; default: 1 if the cluster has GPUs.")] = None,
     models: Annotated[Optional[list[str]], typer.Option(
         "--models", "-m", help="Encoders by reference to serve beside the registry's (timm:..., python:...).")] = None,
+    ingress: Annotated[str, typer.Option(
+        help="HTTP front of a Ray started here: haproxy (Ray's throughput mode) or proxy (Serve's Python proxy).")
+    ] = "haproxy",
 ) -> None:
     """Serve the encoders and the stored galleries over HTTP (Ray Serve) until Ctrl-C."""
     from reidray.models.references import is_reference
@@ -314,7 +336,7 @@ def serve(
     serve_command(config.output, host, port, token, address=address, random_init=config.random_init,
                   weights={e.name: e.weights for e in config.models if e.weights}, max_upload_mb=max_upload_mb,
                   max_models=max_models, num_gpus=num_gpus, say=say,
-                  references=[e.name for e in config.models if is_reference(e.name)])
+                  references=[e.name for e in config.models if is_reference(e.name)], ingress=ingress)
 
 
 def _finish(failures: list[str]) -> None:

@@ -6,6 +6,7 @@ The output root is a local folder or a URI that pyarrow understands (``file://``
     <root>/manifests/<dataset>.parquet
     <root>/embeddings/<model>/<dataset>/part-*.parquet + cell.json (written last)
     <root>/results/<model>__<dataset>.parquet
+    <root>/results/ranklists/<model>__<dataset>.parquet   (the rank lists the report draws)
     <root>/report/...
 
 A cell is complete exactly when its ``cell.json`` exists, carries the fingerprint the current
@@ -108,6 +109,9 @@ class Store:
     def result_path(self, model: str, dataset: str) -> str:
         return self.path("results", f"{dir_name(model)}__{dir_name(dataset)}.parquet")
 
+    def ranklist_path(self, model: str, dataset: str) -> str:
+        return self.path("results", "ranklists", f"{dir_name(model)}__{dir_name(dataset)}.parquet")
+
     def report_dir(self) -> str:
         return self.path("report")
 
@@ -191,8 +195,9 @@ class Store:
         self.write_json(f"{self.cell_dir(model, dataset)}/{INVALID_MARKER}", {"reason": reason})
 
     def drop_results(self, model: str, dataset: str) -> None:
-        """Remove the cell's results file: they no longer describe a stored cell."""
+        """Remove the cell's results and rank-list files: they no longer describe a stored cell."""
         self.delete(self.result_path(model, dataset))
+        self.delete(self.ranklist_path(model, dataset))
 
     def list_files(self, directory: str, suffix: str) -> list[str]:
         """Files directly in ``directory`` ending with ``suffix``, sorted; none if it is missing."""

@@ -22,6 +22,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        from reidray.serve.ingress import use_ingress
+
+        use_ingress()  # Serve in these tests runs behind the front `reidray.run serve` gives by default
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -1,10 +1,12 @@
 """A loose floor under the Serve app's throughput, against a plain process doing the same search.
 
 Both sides run in this test, on 127.0.0.1, over the same stored cell (benchmarks/bench_serve.py
-has the servers and the load loop; docs/benchmarks.md the full table): Serve at 8 concurrent
-clients must answer at least half as many searches per second as one plain FastAPI process. The
-design that put the encoder in the ingress roughly doubled Serve's figure; losing that (another
-hop per query, a batch that waits, a per-request cost in the ingress) falls below the floor.
+has the servers and the load loop; docs/benchmarks.md the full table): Serve, behind the HAProxy
+front the session's Ray starts with (tests/conftest.py, as `reidray.run serve`), at 8 concurrent
+clients must answer at least 0.75x as many searches per second as one plain FastAPI process. It
+measured 1.2-1.5x; Serve's Python proxy 0.6-0.8x, the design before the encoder moved into the
+ingress 0.3x: another hop per query, a batch that waits or a per-request cost in the ingress falls
+below the floor.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from benchmarks.bench_serve import DATASET, plain_server, prepare, run_level, st
 
 CLIENTS = 8
 SECONDS = 3.0  # per side and round
-FLOOR = 0.5
+FLOOR = 0.75
 
 
 @pytest.mark.slow
-def test_serve_keeps_at_least_half_the_plain_process_throughput_at_8_clients(ray_session, tmp_path):
+def test_serve_keeps_most_of_the_plain_process_throughput_at_8_clients(ray_session, tmp_path):
     from ray import serve
 
     out = str(tmp_path)

@@ -48,6 +48,14 @@ FOREGROUND_TAU = 0.3  # squared colour distance (grey-world units) at which a pi
 # random control: 0.01 / 0.01). The background weighting then lifts the default reidray-synth
 # set (Market rule) from 0.39 to 0.65 mAP and 0.55 to 0.84 rank-1.
 FAMILY_WEIGHTS = {"hue": 1.0, "sat_val": 1.0, "ori": 1.2, "mag": 0.8, "siltp": 1.8}
+# The feature families each registered hand-crafted model computes. The colour-only and
+# texture-only halves see different things (what is worn vs how it is patterned), so the embedded
+# default fuses them (config.DEFAULT_FUSIONS): a fusion of complementary encoders to look at.
+FAMILIES = {
+    "handcrafted": ("hue", "sat_val", "ori", "mag", "siltp"),
+    "handcrafted-colour": ("hue", "sat_val"),
+    "handcrafted-texture": ("ori", "mag", "siltp"),
+}
 _EPS = 1e-6
 
 
@@ -153,8 +161,9 @@ def _siltp(lum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return code.unsqueeze(0), torch.ones_like(centre).unsqueeze(0)
 
 
-def describe(pixels: torch.Tensor) -> torch.Tensor:
-    """The descriptor of RGB pixels in [0, 1], [N, 3, H, W] -> [N, dim], L2-normalised."""
+def describe(pixels: torch.Tensor, families: tuple[str, ...] = FAMILIES["handcrafted"]) -> torch.Tensor:
+    """The descriptor of RGB pixels in [0, 1], [N, 3, H, W] -> [N, dim], L2-normalised, from the
+    feature ``families`` named (all of them: the ``handcrafted`` model)."""
     rgb = pixels.float().clamp(0.0, 1.0) + 1.0 / 255.0
     h, w = rgb.shape[-2:]
     cols = _column_weights(w, rgb.device, rgb.dtype)
@@ -180,13 +189,15 @@ def describe(pixels: torch.Tensor) -> torch.Tensor:
         "mag": _row_hist(_soft_bins(strength, MAG_BINS), MAG_BINS, person),
         "siltp": _row_hist(_siltp(lum), SILTP_CODES, person),
     }
-    parts = [FAMILY_WEIGHTS[k] * _hellinger(torch.einsum("sh,nhb->nsb", stripes, r)) for k, r in rows.items()]
+    parts = [FAMILY_WEIGHTS[k] * _hellinger(torch.einsum("sh,nhb->nsb", stripes, r)) for k, r in rows.items()
+             if k in families]
     return F.normalize(torch.cat(parts, dim=1), dim=1)
 
 
-def descriptor_dim() -> int:
-    """Length of :func:`describe`'s output."""
-    return N_STRIPES * (HUE_BINS + SAT_BINS * VAL_BINS + ORI_BINS + MAG_BINS + SILTP_CODES)
+def descriptor_dim(families: tuple[str, ...] = FAMILIES["handcrafted"]) -> int:
+    """Length of :func:`describe`'s output for ``families``."""
+    bins = {"hue": HUE_BINS, "sat_val": SAT_BINS * VAL_BINS, "ori": ORI_BINS, "mag": MAG_BINS, "siltp": SILTP_CODES}
+    return N_STRIPES * sum(bins[f] for f in families)
 
 
 class HandcraftedEncoder(Encoder):
@@ -198,11 +209,12 @@ class HandcraftedEncoder(Encoder):
     def features(self, pixels: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
         mean = torch.tensor(self.spec.mean, device=pixels.device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=pixels.device).view(1, 3, 1, 1)
-        return describe(pixels * std + mean)
+        return describe(pixels * std + mean, FAMILIES[self.spec.name])
 
 
 def build(spec: ModelSpec, path: Path | None, *, random_init: bool) -> HandcraftedEncoder:
     """The baseline encoder (nothing to load)."""
-    if spec.dim != descriptor_dim():
-        raise ValueError(f"model {spec.name}: registry dim {spec.dim} != descriptor length {descriptor_dim()}")
+    if spec.dim != descriptor_dim(FAMILIES[spec.name]):
+        raise ValueError(f"model {spec.name}: registry dim {spec.dim} != descriptor length "
+                         f"{descriptor_dim(FAMILIES[spec.name])}")
     return HandcraftedEncoder(spec)

@@ -218,6 +218,22 @@ _SPECS: list[ModelSpec] = [
         family="handcrafted", library="reidray", arch="colour + texture stripe histograms",
         embedding="Hellinger-mapped colour (hue; saturation x brightness), gradient and SILTP histograms over 6 stripes",
     ),
+    # The hand-crafted descriptor's two halves, each a model of its own: complementary encoders
+    # that need no weights, fused by the embedded default (config.DEFAULT_FUSIONS).
+    _spec(
+        name="handcrafted-colour", paradigm="hand-crafted", params_m=0.0, input_size=(128, 64),
+        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=216, normalize=True,
+        metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
+        family="handcrafted", library="reidray", arch="colour stripe histograms",
+        embedding="handcrafted's colour families only: hue and saturation x brightness histograms over 6 stripes",
+    ),
+    _spec(
+        name="handcrafted-texture", paradigm="hand-crafted", params_m=0.0, input_size=(128, 64),
+        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=558, normalize=True,
+        metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
+        family="handcrafted", library="reidray", arch="texture stripe histograms",
+        embedding="handcrafted's texture families only: gradient orientation, strength and SILTP histograms over 6 stripes",
+    ),
     _spec(
         name="random", paradigm="control", params_m=0.0, input_size=(128, 64),
         interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=256, normalize=True,

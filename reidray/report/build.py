@@ -2,7 +2,9 @@
 
 ``build_report`` is pure (a results frame in, pages and PNGs out) so notebooks and tests can use
 it without a store; ``write_report`` reads the store and writes under ``<out>/report/``:
-``results.md``, ``results.html`` (self-contained: figures inlined) and one PNG per figure drawn.
+``results.md``, ``results.html`` (self-contained: figures inlined), one PNG per figure drawn, and
+``ranklists/<model>__<dataset>.png``, each cell's rank-list sheet (``report.ranklists``), linked
+from both pages.
 """
 
 from __future__ import annotations
@@ -10,19 +12,23 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from reidray.errors import ReidrayError
 from reidray.report.figures import FigureOut, all_figures
 from reidray.report.paper import PAPER_DATASETS, paper_models
+from reidray.report.ranklists import SHEETS, write_sheets
 from reidray.report.frame import METRICS, dataset_order, headline, labels, load_results, short
 from reidray.report.tables import Table, comparison_table, metric_table, paradigm_table, postprocess_table
 from reidray.store import Store
 
 MARKDOWN = "results.md"
 HTML = "results.html"
+RANKLISTS_NOTE = ("Each cell's rank lists (plain features): its hardest queries by AP, then some at random "
+                  "(seeded), each followed by its nearest gallery images, framed green (match), red (wrong "
+                  "identity) or grey (removed by the protocol: junk, or the query's identity in its own camera).")
 
 STYLE = """
 body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -47,6 +53,7 @@ class Report:
     summary: list[str]
     tables: list[Table]
     figures: list[FigureOut]
+    ranklists: list[tuple[str, str]] = field(default_factory=list)  # (cell label, sheet path relative to the page)
 
     @property
     def main_table(self) -> Table:
@@ -61,6 +68,9 @@ class Report:
             if f.png is not None:
                 parts += [f"![{f.title}]({f.key}.png)", ""]
             parts += [line for text in (f.caption, f.note) if text for line in (text, "")]
+        if self.ranklists:
+            parts += ["## Rank lists", "", RANKLISTS_NOTE, ""]
+            parts += [f"- [{label}]({path})" for label, path in self.ranklists] + [""]
         return "\n".join(parts)
 
     def html(self) -> str:
@@ -75,6 +85,11 @@ class Report:
             caption = " ".join(text for text in (f.caption, f.note) if text)
             body.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         body.append("</section>")
+        if self.ranklists:
+            links = "".join(f'<li><a href="{html.escape(path)}">{html.escape(label)}</a></li>'
+                            for label, path in self.ranklists)
+            body.append(f'<section id="ranklists"><h2>Rank lists</h2><p class="note">{html.escape(RANKLISTS_NOTE)}'
+                        f"</p><ul>{links}</ul></section>")
         return (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>reidray results</title>'
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n"
@@ -86,9 +101,10 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | None = None) -> Report:
+def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | None = None,
+                 ranklists: list[tuple[str, str]] | None = None) -> Report:
     """Tables and figures from a results frame (the results schema; any subset of the grid);
-    ``stale`` lists the results files left out, and why."""
+    ``stale`` lists the results files left out, and why; ``ranklists`` the sheets to link."""
     results = results.with_columns(pl.col(m).fill_nan(None) for m in METRICS)
     head = headline(results)
     datasets = dataset_order(head)
@@ -109,7 +125,7 @@ def build_report(results: pl.DataFrame, source: str = "", stale: list[str] | Non
         summary.append(f"Left out, not current ({len(stale)}): " + " ".join(f"{line}." for line in stale))
     tables = [metric_table(head, "mAP"), metric_table(head, "rank1"), paradigm_table(head), comparison_table(head)]
     post = postprocess_table(head, {name: headline(results, name) for name in ("rerank", "aqe")})
-    return Report(summary, tables + ([post] if post else []), all_figures(head))
+    return Report(summary, tables + ([post] if post else []), all_figures(head), list(ranklists or []))
 
 
 def _beyond_the_paper(head: pl.DataFrame, datasets: list[str]) -> str:
@@ -132,7 +148,7 @@ def write_report(store: Store, say: Callable[[str], None], missing_ok: bool = Fa
     try:
         results, stale = load_results(store)
     except ReidrayError as exc:
-        for path in store.list_files(directory, ""):
+        for path in [*store.list_files(directory, ""), *store.list_files(f"{directory}/{SHEETS}", "")]:
             store.delete(path)
         if not missing_ok:
             raise
@@ -140,7 +156,8 @@ def write_report(store: Store, say: Callable[[str], None], missing_ok: bool = Fa
         return ""
     for line in stale:
         say(f"left out of the report: {line}")
-    report = build_report(results, source=store.uri("results"), stale=stale)
+    sheets = write_sheets(store, results, say)
+    report = build_report(results, source=store.uri("results"), stale=stale, ranklists=sheets)
     store.write_bytes(f"{directory}/{MARKDOWN}", report.markdown().encode())
     store.write_bytes(f"{directory}/{HTML}", report.html().encode())
     for figure in report.figures:
@@ -157,4 +174,6 @@ def write_report(store: Store, say: Callable[[str], None], missing_ok: bool = Fa
     for figure in report.figures:
         if figure.png is None:
             say(f"{figure.title}: {figure.note}")
+    if sheets:
+        say(f"rank lists: {len(sheets)} sheet(s) under {store.uri('report', SHEETS)}")
     return main

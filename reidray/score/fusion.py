@@ -66,10 +66,17 @@ def evaluate_fused(
     def distances(start: int, stop: int) -> torch.Tensor:
         total = None
         for weight, qf, gallery in zip(weights, queries, scorers, strict=True):
-            d = gallery.distances(qf[start:stop]).double()
-            std, mean = torch.std_mean(d, dim=1, keepdim=True, correction=0)
-            z = (d - mean) / torch.where(std > 0, std, 1.0)
+            z = standardised(gallery.distances(qf[start:stop]))
             total = z * weight if total is None else total.add_(z, alpha=weight)
         return total
 
     return _score(labels, distances, max_rank, chunk_size, cell)
+
+
+def standardised(d: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """One member's [C, G] distances as per-row z-scores (float64), mean and spread taken over
+    the ``counted`` columns (a boolean [G]; None: all), the gallery the query is ranked against:
+    rank lists standardise the junk images they also show with the statistics of the rest."""
+    d = d.double()
+    std, mean = torch.std_mean(d if counted is None else d[:, counted], dim=1, keepdim=True, correction=0)
+    return (d - mean) / torch.where(std > 0, std, 1.0)

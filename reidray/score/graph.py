@@ -43,11 +43,13 @@ def joined_cell(store: Store, cell: CellRecord) -> pa.Table:
 
 
 @ray.remote
-def score_task(root: str, cell: CellRecord, protocol: str, postprocessing: dict[str, dict] | None = None) -> list[dict]:
+def score_task(root: str, cell: CellRecord, protocol: str,
+               postprocessing: dict[str, dict] | None = None) -> tuple[list[dict], pa.Table]:
     """Score one stored cell under the dataset's ``protocol``: the plain rows, then one set per
-    ``postprocessing`` entry (name -> evaluate's options; each row's score_seconds is its own pass);
-    every failure comes back as a CellError naming the cell. The model facts come from the cell's
-    record, as embed stored them.
+    ``postprocessing`` entry (name -> evaluate's options; each row's score_seconds is its own pass),
+    and its rank lists (``ranklists.sheet``, from the plain pass's per-query APs); every failure
+    comes back as a CellError naming the cell. The model facts come from the cell's record, as
+    embed stored them.
 
     Ranking runs on the GPU when the task was given one (``evaluate`` picks CUDA when visible),
     else with one torch thread per CPU the task was given: a reused Ray worker keeps whatever
@@ -55,16 +57,19 @@ def score_task(root: str, cell: CellRecord, protocol: str, postprocessing: dict[
     """
     import torch
 
-    from reidray.score.protocols import score_cell
+    from reidray.score import ranklists
+    from reidray.score.protocols import plain, score_cell
 
     _use_assigned_cpus(torch)
     try:
         table = joined_cell(Store.open(root), cell)
-        rows = []
+        rows, aps = [], {}
         for postprocess, options in {"none": None, **(postprocessing or {})}.items():
             start = time.perf_counter()
-            done = score_cell(protocol, table, cell.metric, cell=cell.name, postprocess=postprocess, options=options)
+            done = score_cell(protocol, table, cell.metric, cell=cell.name, postprocess=postprocess, options=options,
+                              aps=aps if postprocess == "none" else None)
             rows += [{**row, "score_seconds": time.perf_counter() - start} for row in done]
+        sheet = ranklists.sheet(protocol, table, plain(cell.metric), cell.name, aps)
     except ReidrayError as exc:
         message = str(exc) if str(exc).startswith("cell ") else f"cell {cell.name}: {exc}"
         raise CellError(message) from None
@@ -81,11 +86,12 @@ def score_task(root: str, cell: CellRecord, protocol: str, postprocessing: dict[
         "random_init": cell.random_init,
         "fingerprint": cell.fingerprint,
     }
-    return _with(common, rows)
+    return _with(common, rows), ranklists.with_cell(sheet, cell.model, cell.dataset, cell.fingerprint)
 
 
 @ray.remote
-def fusion_task(root: str, name: str, cells: list[CellRecord], weights: list[float], protocol: str) -> list[dict]:
+def fusion_task(root: str, name: str, cells: list[CellRecord], weights: list[float],
+                protocol: str) -> tuple[list[dict], pa.Table]:
     """``fusion_rows`` as a Ray task, on the CPUs it was given."""
     import torch
 
@@ -93,13 +99,16 @@ def fusion_task(root: str, name: str, cells: list[CellRecord], weights: list[flo
     return fusion_rows(root, name, cells, weights, protocol)
 
 
-def fusion_rows(root: str, name: str, cells: list[CellRecord], weights: list[float], protocol: str) -> list[dict]:
-    """Score a fusion of stored cells of one dataset as one more model (``fusion.evaluate_fused``):
-    the members' verified embeddings are joined on image_id to the first member's table; each
-    member is compared by the metric its record holds."""
-    from reidray.score.protocols import score_fusion
+def fusion_rows(root: str, name: str, cells: list[CellRecord], weights: list[float],
+                protocol: str) -> tuple[list[dict], pa.Table]:
+    """Score a fusion of stored cells of one dataset as one more model (``fusion.evaluate_fused``),
+    with its rank lists: the members' verified embeddings are joined on image_id to the first
+    member's table; each member is compared by the metric its record holds."""
+    from reidray.score import ranklists
+    from reidray.score.protocols import Scoring, score_fusion
 
     dataset = cells[0].dataset
+    fused = fingerprint({"fusion": [(c.fingerprint, w) for c, w in zip(cells, weights, strict=True)]})
     try:
         store = Store.open(root)
         first = f"embedding:{cells[0].model}"
@@ -112,7 +121,10 @@ def fusion_rows(root: str, name: str, cells: list[CellRecord], weights: list[flo
             table = table.append_column(f"embedding:{cell.model}", other.column(EMBEDDING).take(order))
         members = [(f"embedding:{c.model}", c.metric, w) for c, w in zip(cells, weights, strict=True)]
         start = time.perf_counter()
-        rows = score_fusion(protocol, table, members, cell=f"{name}/{dataset}")
+        aps: dict = {}
+        rows = score_fusion(protocol, table, members, cell=f"{name}/{dataset}", aps=aps)
+        score_seconds = time.perf_counter() - start
+        sheet = ranklists.sheet(protocol, table, Scoring(tuple(members), {}), f"{name}/{dataset}", aps)
     except ReidrayError as exc:
         message = str(exc) if str(exc).startswith("cell") else f"cell {name}/{dataset}: {exc}"
         raise CellError(message) from None
@@ -126,12 +138,12 @@ def fusion_rows(root: str, name: str, cells: list[CellRecord], weights: list[flo
         "metric": "fusion",
         "embed_seconds": embed_seconds,
         "images_per_second": cells[0].n_images / embed_seconds if embed_seconds > 0 else 0.0,
-        "score_seconds": time.perf_counter() - start,
+        "score_seconds": score_seconds,
         "device": ",".join(sorted({c.device for c in cells})),
         "random_init": any(c.random_init for c in cells),
-        "fingerprint": fingerprint({"fusion": [(c.fingerprint, w) for c, w in zip(cells, weights, strict=True)]}),
+        "fingerprint": fused,
     }
-    return _with(common, rows)
+    return _with(common, rows), ranklists.with_cell(sheet, name, dataset, fused)
 
 
 def _renamed(table: pa.Table, embedding: str) -> pa.Table:
@@ -205,7 +217,7 @@ class ScoreGraph:
                 return
             model, dataset = self.pending.pop(ready[0])
             try:
-                rows = ray.get(ready[0])
+                rows, sheet = ray.get(ready[0])
             except Exception as exc:  # a RayTaskError wrapping our CellError
                 cause = user_error(exc)
                 self.failures.append(str(cause) if cause is not None
@@ -215,6 +227,7 @@ class ScoreGraph:
             path = self.store.result_path(model, dataset)
             try:
                 self.store.write_table(path, to_table(rows))
+                self.store.write_table(self.store.ranklist_path(model, dataset), sheet)
             except OSError as exc:  # e.g. a folder where the file goes
                 self.failures.append(f"cell {model}/{dataset}: results file {self.store.uri_of(path)} cannot be "
                                      f"written ({exc}); move whatever is there away and rerun score")

@@ -86,7 +86,8 @@ def evaluate(
 
     Returns ``mAP``, ``mINP`` (floats in [0, 1]), ``cmc`` (float64 array of ``max_rank``:
     ``cmc[r-1]`` = fraction of scored queries whose first match is within rank r), ``n_query``,
-    ``n_query_scored``, ``n_gallery`` (after junk removal). Bad input raises ``CellError`` naming
+    ``n_query_scored``, ``n_gallery`` (after junk removal), ``ap`` (float64 array of ``n_query``:
+    each query's AP, NaN for a query without a match; their mean over the scored ones is ``mAP``). Bad input raises ``CellError`` naming
     ``cell``.
     """
     if metric not in METRICS:
@@ -215,7 +216,8 @@ def _score(
     groups = _SamePid(labels.q_pids, labels.g_pids, labels.g_camids)
     rows = chunk_size or max(1, CHUNK_ELEMENTS // n_gallery)
     first_rank_counts = np.zeros(max_rank + 1, dtype=np.int64)  # last bin: beyond max_rank
-    ap_sum = inp_sum = 0.0
+    ap = np.full(n_query, np.nan)  # per query; NaN: no positive, not scored
+    inp_sum = 0.0
     n_scored = 0
     for start in range(0, n_query, rows):
         stop = min(start + rows, n_query)
@@ -231,7 +233,7 @@ def _score(
             ranks = _positive_ranks_sorted(dist, same, is_pos)
         ranks, n_pos = ranks[scored], n_pos[scored]
         k = np.arange(1, ranks.shape[1] + 1)
-        ap_sum += float((np.where(k <= n_pos[:, None], k / ranks, 0.0).sum(axis=1) / n_pos).sum())
+        ap[start + np.flatnonzero(scored)] = np.where(k <= n_pos[:, None], k / ranks, 0.0).sum(axis=1) / n_pos
         inp_sum += float((n_pos / ranks[np.arange(len(ranks)), n_pos - 1]).sum())
         first_rank_counts += np.bincount(np.minimum(ranks[:, 0], max_rank + 1) - 1, minlength=max_rank + 1)
         n_scored += len(ranks)
@@ -241,12 +243,13 @@ def _score(
             f"({n_gallery} items); check that query and gallery share identities and cameras differ"
         )
     return {
-        "mAP": ap_sum / n_scored,
+        "mAP": float(np.nansum(ap)) / n_scored,
         "mINP": inp_sum / n_scored,
         "cmc": np.cumsum(first_rank_counts[:max_rank]) / n_scored,
         "n_query": n_query,
         "n_query_scored": n_scored,
         "n_gallery": n_gallery,
+        "ap": ap,
     }
 
 

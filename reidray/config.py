@@ -71,9 +71,6 @@ class EmbedSettings(BaseModel):
         default=True, description="decode once for models of one input size, if the copy fits half the object store"
     )
     progress_seconds: float = Field(default=10.0, gt=0, description="how often a cell reports progress")
-    resource_wait_s: float = Field(
-        default=600.0, gt=0, description="how long a cell waits for a node with its actors' resources (autoscaling)"
-    )
 
     @field_validator("concurrency")
     @classmethod
@@ -278,8 +275,10 @@ WAIT_ENV = "REIDRAY_WAIT_SECONDS"
 
 
 def wait_seconds() -> float:
-    """How long reidray waits for something outside it (a Ray cluster to answer) before it
-    stops and says why: $REIDRAY_WAIT_SECONDS, default 60."""
+    """How long reidray waits for something outside it before it stops and says why: a Ray cluster
+    to answer at --address, a node that can hold an encoder actor or a score task (an autoscaler
+    adding one). $REIDRAY_WAIT_SECONDS, default 60: a property of the cluster, not of the grid
+    (cluster/runtime_env.yaml and the KubeRay manifests give GPU nodes time to boot)."""
     value = os.environ.get(WAIT_ENV, "60")
     try:
         seconds = float(value)

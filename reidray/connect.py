@@ -1,23 +1,29 @@
 """Joining Ray: the one place the CLI, the flow and serve connect from.
 
-A cluster address that nothing answers on is refused within ``config.wait_seconds()`` (Ray itself
-retries its GCS for minutes), and a healthy run shows only reidray's lines: Ray's own logs (its
-INFO and WARNING lines, the workers' output) appear with ``--verbose``; they are always in the
-session's log folder.
+reidray's one bounded wait lives here (``_wait_until``, for ``config.wait_seconds()``: the
+$REIDRAY_WAIT_SECONDS knob): for a cluster to answer at an address (Ray itself retries its GCS for
+minutes), and for a node that can hold an encoder actor or a score task (Ray would keep such work
+pending for ever); each stops with one line naming the cause and the fix. A healthy run shows only
+reidray's lines: Ray's own logs (its INFO and WARNING lines, the workers' output) appear with
+``--verbose``; they are always in the session's log folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from reidray.config import WAIT_ENV, wait_seconds
 from reidray.errors import ReidrayError
 
 _verbose = False  # what the last connect() was asked for; Ray Data's console follows it
+_fixed = False  # whether the last connect() started Ray here: an instance no autoscaler ever grows
 _GAVE_UP: set[frozenset] = set()  # resource shapes this process already waited for in vain
 
 
@@ -27,9 +33,10 @@ def connect(address: str | None, *, verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    global _verbose
+    global _verbose, _fixed
     _verbose = verbose
     address = check_address(address)
+    _fixed = address is None
     level = logging.INFO if verbose else logging.ERROR  # Ray's start-up notices: token auth, "Started..."
     logging.getLogger("ray").setLevel(level)
     try:
@@ -50,6 +57,73 @@ def quiet_ray_data() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):  # reidray names each failed cell itself
             handler.setLevel(logging.INFO if _verbose else logging.CRITICAL)
+
+
+# Lines Ray's C++ core writes straight to this process's stderr (Python logging cannot reach them)
+# that are false alarms on a healthy run; the session's python-core-driver-*.log keeps each one.
+# Ray Data creates every actor-pool worker with its own object references (the map transformer and
+# the DataContext, put by Ray Data itself) and max_restarts=-1, so the core worker logs this once
+# per process for any actor pool, whatever the UDF's arguments (ray-project/ray#53727). The
+# restarts it warns about are what let a cell survive a killed encoder actor (tests/test_embed.py),
+# and Ray Data holds those references for as long as the pool lives.
+RAY_FALSE_ALARMS = (b"has constructor arguments in the object store and max_restarts > 0",)
+_filter_lock = threading.Lock()
+_filter_users = 0
+_filter_state: tuple[int, threading.Thread] | None = None  # (the real stderr's fd, the forwarding thread)
+
+
+@contextlib.contextmanager
+def ray_false_alarms_hidden() -> Iterator[None]:
+    """While the block runs, this process's stderr (fd 2) passes through a thread that forwards
+    every line as it comes except Ray's known false alarms (``RAY_FALSE_ALARMS``); with --verbose,
+    nothing is filtered. Nested and concurrent uses share one filter; the last one out restores
+    fd 2 and waits until every line written meanwhile is forwarded."""
+    global _filter_users, _filter_state
+    if _verbose:
+        yield
+        return
+    with _filter_lock:
+        _filter_users += 1
+        if _filter_users == 1:
+            try:
+                _filter_state = _start_filter()
+            except OSError:  # no usable stderr (closed, or out of descriptors): nothing to keep quiet
+                _filter_state = None
+    try:
+        yield
+    finally:
+        with _filter_lock:
+            _filter_users -= 1
+            if _filter_users == 0 and _filter_state is not None:
+                _stop_filter(*_filter_state)
+                _filter_state = None
+
+
+def _start_filter() -> tuple[int, threading.Thread]:
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with open(read_end, "rb") as lines, open(real, "wb", closefd=False) as out:
+            for line in lines:
+                if not any(alarm in line for alarm in RAY_FALSE_ALARMS):
+                    out.write(line)
+                    out.flush()
+
+    thread = threading.Thread(target=forward, name="ray-stderr-filter", daemon=True)
+    thread.start()
+    return real, thread
+
+
+def _stop_filter(real: int, thread: threading.Thread) -> None:
+    sys.stderr.flush()
+    os.dup2(real, 2)  # the pipe's last writer gone: the thread reads what is left, then ends
+    thread.join(timeout=5.0)
+    if not thread.is_alive():  # else a writer we did not start still holds the pipe: keep its target
+        os.close(real)
 
 
 def ray_logs_hint() -> str:
@@ -98,29 +172,33 @@ def wait_for_cluster(address: str, seconds: float) -> None:
     endpoint = host_port(address)
     if endpoint is None:
         return
-    deadline = time.monotonic() + seconds
-    while True:
+    refused: list[OSError] = []
+
+    def answers() -> bool:
         try:
             with socket.create_connection(endpoint, timeout=max(0.5, min(5.0, seconds))):
-                return
+                return True
         except OSError as exc:
-            if time.monotonic() >= deadline:
-                reason = exc.strerror or type(exc).__name__
-                raise ReidrayError(
-                    f"no Ray cluster answers at {address} ({reason}; tried for {seconds:g} s): start one there "
-                    f"(`ray start --head`), fix --address / RAY_ADDRESS, or leave both unset to run locally; "
-                    f"{WAIT_ENV} sets how long to wait") from None
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            refused.append(exc)
+            return False
+
+    if not _wait_until(answers, seconds):
+        reason = refused[-1].strerror or type(refused[-1]).__name__
+        raise ReidrayError(
+            f"no Ray cluster answers at {address} ({reason}; tried for {seconds:g} s): start one there "
+            f"(`ray start --head`), fix --address / RAY_ADDRESS, or leave both unset to run locally; "
+            f"{WAIT_ENV} sets how long to wait")
 
 
-def wait_for_resources(wanted: dict[str, float], *, what: str, fix: str, timeout_s: float,
-                       say: Callable[[str], None]) -> None:
+def wait_for_resources(wanted: dict[str, float], *, what: str, fix: str, say: Callable[[str], None],
+                       timeout_s: float | None = None) -> None:
     """Return once a live node could hold ``wanted`` (one actor's or task's resources).
 
-    Ray would otherwise wait silently for ever ("does not have any available ..."). Says at once
-    what is missing and how to fix it; meanwhile asks the autoscaler for it (a cluster that scales
-    from zero starts a node), and gives up after ``timeout_s`` with a ReidrayError. A shape given
-    up on once fails at once for the rest of the run.
+    Ray would otherwise wait silently for ever ("does not have any available ..."). On a Ray
+    instance this process started (it never grows) that fails at once. On a cluster it says at once
+    what is missing and how to fix it, asks the autoscaler for it meanwhile (a cluster that scales
+    from zero starts a node), and gives up after ``timeout_s`` (default: ``config.wait_seconds()``)
+    with a ReidrayError. A shape given up on once fails at once for the rest of the run.
     """
     import ray
     from ray.autoscaler.sdk import request_resources
@@ -130,21 +208,34 @@ def wait_for_resources(wanted: dict[str, float], *, what: str, fix: str, timeout
     missing = ", ".join(f"{amount:g} {name}" for name, amount in sorted(wanted.items()))
     if _fits(ray.nodes(), wanted):
         return
+    if _fixed:
+        raise ReidrayError(f"{what} asks for {missing} but no node has that, and the Ray this run started "
+                           f"never has more; {fix}")
     if shape in _GAVE_UP:
         raise ReidrayError(f"{what}: no node has {missing}; {fix}")
+    timeout_s = wait_seconds() if timeout_s is None else timeout_s
     say(f"{what} asks for {missing} but no node has that: waiting up to {timeout_s:.0f} s for the autoscaler "
-        f"to add one ({fix})")
+        f"to add one ({fix}; {WAIT_ENV} sets how long)")
     request_resources(bundles=[wanted])
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            if _fits(ray.nodes(), wanted):
-                return
+        found = _wait_until(lambda: _fits(ray.nodes(), wanted), timeout_s)
     finally:
         request_resources(bundles=[])  # Ray's own scheduling holds the node from here on
-    _GAVE_UP.add(shape)
-    raise ReidrayError(f"{what}: no node with {missing} appeared in {timeout_s:.0f} s; {fix}")
+    if not found:
+        _GAVE_UP.add(shape)
+        raise ReidrayError(f"{what}: no node with {missing} appeared in {timeout_s:.0f} s; {fix}")
+
+
+def _wait_until(ready: Callable[[], bool], seconds: float) -> bool:
+    """Ask ``ready`` about once a second until it says yes (True) or ``seconds`` have passed
+    (False): every bounded wait of reidray's."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(1.0, left))
+    return True
 
 
 def _fits(nodes: list[dict], wanted: dict[str, float]) -> bool:

@@ -138,18 +138,20 @@ def prepare_manifests(grid: Grid, job: JobConfig, store: Store, say: Say) -> dic
     return manifests
 
 
-def check_placement(job: JobConfig, say: Say, *, local: bool) -> None:
-    """Refuse score tasks no node can hold on a Ray instance this process started (it never grows),
-    before any embedding; on a joined cluster, say so (an autoscaler may add such a node)."""
-    from reidray.score.graph import placement_warning
+def check_placement(job: JobConfig, say: Say) -> None:
+    """Before any embedding, a node that can hold one score task (``score.num_cpus``/``num_gpus``):
+    refused at once on a Ray this run started, waited for (the autoscaler's time) on a cluster."""
+    import ray
 
-    warning = placement_warning(job.score)
-    if warning is None:
-        return
-    if local:
-        raise ReidrayError(f"{warning.split(': scoring waits')[0]}: this machine's Ray never has more; "
-                           f"lower score.num_{'g' if 'GPU' in warning else 'c'}pus in the job file")
-    say(f"warning: {warning}")
+    from reidray.connect import wait_for_resources
+
+    wanted = {"CPU": job.score.num_cpus, "GPU": job.score.num_gpus}
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    too_big = [f"score.num_{name.lower()}s" for name, amount in wanted.items()
+               if amount > max((node.get(name, 0) for node in nodes), default=0)]
+    settings = " and ".join(too_big or ["score.num_cpus", "score.num_gpus"])  # else: no node has both at once
+    wait_for_resources(wanted, what="each score task", say=say,
+                       fix=f"lower {settings} in the job file to what a node has")
 
 
 def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, store: Store, say: Say,

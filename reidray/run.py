@@ -161,6 +161,15 @@ def _open_store(root: str) -> Store:
     return store
 
 
+def _open_written(root: str) -> Store:
+    """The output root of a command that reads what `all` or `embed` wrote (score, report): a
+    local root that is not there is refused in one line and not created (a mistyped --out)."""
+    from reidray.store import Store
+
+    Store.open(root, read_only=True)
+    return _open_store(root)
+
+
 def _setup(job, data_root, out, models, datasets, random_init, address, verbose):
     from reidray import flow
     from reidray.connect import check_address, connect
@@ -170,7 +179,6 @@ def _setup(job, data_root, out, models, datasets, random_init, address, verbose)
     address = check_address(address)
     grid = flow.resolve_grid(config, store, say)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say, local=address is None)
     return flow, config, store, grid
 
 
@@ -181,6 +189,7 @@ def all_(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mode
          verbose: VerboseOpt = False, redo: RedoOpt = False) -> None:
     """The whole flow: parse datasets, embed every cell, score it, write the report."""
     flow, config, store, grid = _setup(job, data_root, out, models, datasets, random_init, address, verbose)
+    flow.check_placement(config, say)  # before any embedding: a score task no node can hold
     manifests = flow.prepare_manifests(grid, config, store, say)
     failures = flow.embed_and_score(grid, manifests, config, store, say, redo=redo)
     if config.report:
@@ -210,7 +219,7 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
     from reidray.connect import check_address, connect
 
     config = build_job(job, data_root, out, models, datasets, random_init)
-    store = _open_store(config.output)
+    store = _open_written(config.output)
     cells, failures = flow.stored_cells(store, config)
     for line in failures:
         say(f"FAILED {line}")
@@ -218,7 +227,7 @@ def score(job: JobOpt = None, data_root: DataOpt = None, out: OutOpt = None, mod
         _finish(failures)
     address = check_address(address)
     connect(address, verbose=verbose)
-    flow.check_placement(config, say, local=address is None)
+    flow.check_placement(config, say)
     _finish(failures + flow.score_stored(store, config, cells, say, redo=redo))
 
 
@@ -228,7 +237,7 @@ def report(out: OutOpt = None) -> None:
     """Tables of every stored result (Markdown), printed and written under <out>/report/."""
     from reidray import flow
 
-    flow.write_report(_open_store(default_output() if out is None else out), say)
+    flow.write_report(_open_written(default_output() if out is None else out), say)
 
 
 @app.command()

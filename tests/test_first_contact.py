@@ -4,6 +4,7 @@ with one line that names the cause and the fix (exit 2), never a traceback, a ha
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,12 +19,14 @@ from reidray.run import INTERRUPTED
 FAST = 60  # seconds: a mistake found before Ray starts is reported well within this (import included)
 
 
-def cli(*args: str, env: dict | None = None, cwd: Path | None = None,
-        timeout: float = 300) -> tuple[int, str, str, float]:
-    """``python -m reidray.run ARGS`` in a fresh process: (exit status, stdout, stderr, seconds)."""
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300,
+        unset: tuple[str, ...] = ()) -> tuple[int, str, str, float]:
+    """``python -m reidray.run ARGS`` in a fresh process, with ``env`` over this one's and the
+    ``unset`` variables gone: (exit status, stdout, stderr, seconds)."""
     start = time.monotonic()
+    environ = {key: value for key, value in {**os.environ, **(env or {})}.items() if key not in unset}
     done = subprocess.run([sys.executable, "-m", "reidray.run", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+                          timeout=timeout, env=environ, cwd=cwd)
     return done.returncode, done.stdout, done.stderr, time.monotonic() - start
 
 
@@ -68,8 +71,16 @@ def test_an_unknown_name_in_a_job_file_names_its_file_and_line(tmp_path):
 
 def test_score_on_an_empty_root_says_to_embed_first(tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
     one_line_error(*cli("score", "--out", str(out)), "nothing embedded yet; run `embed` or `all`")
-    assert not (out / "data").exists()
+    assert list(out.iterdir()) == []  # no data generated, nothing written
+
+
+@pytest.mark.parametrize("command", ["score", "report"])
+def test_reading_a_root_that_is_not_there_creates_nothing(tmp_path, command):
+    out = tmp_path / "typo"
+    one_line_error(*cli(command, "--out", str(out)), f"output root {out} does not exist", "--out")
+    assert not out.exists()
 
 
 def test_datasets_on_a_missing_folder_exits_2_and_the_builtin_one_is_never_missing(tmp_path):
@@ -125,8 +136,38 @@ def test_score_tasks_no_node_can_hold_stop_the_run_before_embedding(tmp_path):
     out = tmp_path / "out"
     rc, stdout, err, seconds = cli("all", "--job", str(job), "--out", str(out), "-m", "handcrafted",
                                    env={"RAY_ADDRESS": ""})
-    one_line_error(rc, stdout, err, seconds, "asks for 64 CPU(s)", "never has more", "score.num_cpus", limit=180)
+    one_line_error(rc, stdout, err, seconds, "each score task asks for 64 CPU but no node has that",
+                   "the Ray this run started never has more", "lower score.num_cpus in the job file", limit=180)
     assert not (out / "embeddings").exists()
+
+
+def test_score_tasks_no_node_of_a_joined_cluster_can_hold_are_waited_for_then_stop_the_run(ray_session, tmp_path):
+    """On a cluster (--address) an autoscaler may add the node: the run says so, waits the bounded
+    time ($REIDRAY_WAIT_SECONDS, here 3 s), then stops in one line naming the resource and the fix."""
+    job = tmp_path / "job.yaml"
+    job.write_text("score:\n  num_cpus: 64\nsynthetic: {n_ids: 4}\n")
+    out = tmp_path / "out"
+    address = ray_session.get_runtime_context().gcs_address
+    rc, stdout, err, seconds = cli("all", "--job", str(job), "--out", str(out), "-m", "handcrafted", "--address",
+                                   address, env={"REIDRAY_WAIT_SECONDS": "3"})
+    one_line_error(rc, stdout, err, seconds, "each score task: no node with 64 CPU appeared in 3 s",
+                   "lower score.num_cpus in the job file")
+    waiting = [line for line in stdout.splitlines() if "waiting up to 3 s for the autoscaler" in line]
+    assert len(waiting) == 1 and "REIDRAY_WAIT_SECONDS" in waiting[0], stdout
+    assert not (out / "embeddings").exists()
+
+
+def test_every_wait_is_60_seconds_unless_set(monkeypatch):
+    from reidray.config import wait_seconds
+    from reidray.errors import ReidrayError
+
+    monkeypatch.delenv("REIDRAY_WAIT_SECONDS", raising=False)
+    assert wait_seconds() == 60
+    monkeypatch.setenv("REIDRAY_WAIT_SECONDS", "600")
+    assert wait_seconds() == 600
+    monkeypatch.setenv("REIDRAY_WAIT_SECONDS", "ten")
+    with pytest.raises(ReidrayError, match="REIDRAY_WAIT_SECONDS='ten' is not a number of seconds"):
+        wait_seconds()
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------
@@ -205,6 +246,48 @@ def test_a_full_disk_fails_the_cell_in_one_line_naming_the_cause(tmp_path, full_
 
 
 # --- quiet by default -----------------------------------------------------------------------------
+# A line of Ray's own logs: its C++ core's "[2026-12-02 18:32:52,051 E 4107 4743] core_worker.cc:..."
+# or its Python loggers' "2026-12-02 18:35:30,438\tWARNING worker.py:..."
+RAY_LOG_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(?:[DIWEF] \d+ \d+\]|[A-Z]+\s)", re.M)
+
+
+def test_the_stderr_filter_drops_only_rays_known_false_alarm(capfd):
+    """While a cell embeds, stderr goes through a filter: Ray's actor-constructor E line is dropped,
+    every other line still reaches the user, in order, before anything written after the block."""
+    from reidray.connect import ray_false_alarms_hidden
+
+    alarm = ("[2026-12-02 18:32:52,051 E 4107 4743] core_worker.cc:2465: Actor with class name: 'MapWorker(x)' "
+             "and ID: 'ab' has constructor arguments in the object store and max_restarts > 0. If the arguments "
+             "in the object store go out of scope or are lost, the actor restart will fail.\n")
+    with ray_false_alarms_hidden():
+        os.write(2, b"a real problem\n")
+        os.write(2, alarm.encode())
+        os.write(2, b"Traceback (most recent call last):\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "a real problem\nTraceback (most recent call last):\nafter\n"
+
+
+@pytest.mark.slow
+def test_a_healthy_run_prints_only_reidrays_lines_and_verbose_adds_rays(tmp_path):
+    """A first run as a new user makes it (a local Ray, Ray's default token authentication): nothing
+    on stderr, no line of Ray's (its core worker's E-level actor-constructor line included), one
+    line per cell scored; the rerun with -v shows Ray's own lines and skips the current results."""
+    job = tmp_path / "job.yaml"
+    job.write_text("synthetic: {n_ids: 20}\n")
+    args = ("all", "--job", str(job), "--out", str(tmp_path / "out"), "-m", "handcrafted")
+    rc, out, err, _ = cli(*args, env={"RAY_ADDRESS": ""}, unset=("RAY_AUTH_MODE",))
+    assert rc == 0, out + err
+    assert err == "", err
+    assert not RAY_LOG_LINE.search(out), out
+    lines = out.splitlines()
+    assert any(line.startswith("embed handcrafted/reidray-synth: ") and " images in " in line for line in lines), out
+    assert lines.count("score handcrafted/reidray-synth: stored") == 1, out
+    rc, out, err, _ = cli(*args, "-v", env={"RAY_ADDRESS": ""}, unset=("RAY_AUTH_MODE",))
+    assert rc == 0, out + err
+    assert RAY_LOG_LINE.search(out + err), out + err
+    assert "score handcrafted/reidray-synth: results current already, skipped" in out.splitlines()
+
+
 def test_the_default_grid_says_what_it_leaves_out_in_short_lines(tmp_path):
     from reidray import flow
     from reidray.config import JobConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,12 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from reidray.config import ScoreSettings
+from reidray.config import JobConfig, ScoreSettings
 from reidray.datasets.synth import generate
+from reidray.errors import ReidrayError
 from reidray.report.frame import load_results
 from reidray.run import app
 from reidray.score import evaluate
-from reidray.score.graph import placement_warning
 from reidray.store import Store
 
 runner = CliRunner()
@@ -191,12 +192,26 @@ def test_a_fusion_is_one_more_model_and_a_missing_member_skips_it(ray_session, f
         path.write_bytes(kept)
 
 
-def test_score_tasks_no_node_can_hold_are_named(ray_session):
-    assert placement_warning(ScoreSettings(num_cpus=2)) is None
-    warning = placement_warning(ScoreSettings(num_cpus=64))
-    assert warning.startswith("each score task asks for 64 CPU(s) but the largest node has 2")
-    assert "score.num_cpus" in placement_warning(ScoreSettings(num_cpus=64))
-    assert "asks for 1 GPU(s) but the largest node has 0" in placement_warning(ScoreSettings(num_gpus=1))
+def test_score_tasks_no_node_can_hold_are_waited_for_then_named(ray_session, monkeypatch):
+    """On a cluster this process joined (the session's Ray, 2 CPUs), a score task larger than every
+    node waits the bounded time for the autoscaler, then fails naming the resource and the setting."""
+    from reidray import flow
+
+    monkeypatch.setenv("REIDRAY_WAIT_SECONDS", "1")
+    lines: list[str] = []
+    flow.check_placement(JobConfig(score=ScoreSettings(num_cpus=2)), lines.append)
+    assert lines == []
+    for settings, missing, setting in ((ScoreSettings(num_cpus=64), "64 CPU", "score.num_cpus"),
+                                       (ScoreSettings(num_gpus=1), "1 CPU, 1 GPU", "score.num_gpus")):
+        start = time.monotonic()
+        with pytest.raises(ReidrayError) as raised:
+            flow.check_placement(JobConfig(score=settings), lines.append)
+        assert time.monotonic() - start < 30
+        assert lines.pop() == (f"each score task asks for {missing} but no node has that: waiting up to 1 s for the "
+                               f"autoscaler to add one (lower {setting} in the job file to what a node has; "
+                               "REIDRAY_WAIT_SECONDS sets how long)")
+        assert str(raised.value) == (f"each score task: no node with {missing} appeared in 1 s; lower {setting} in the "
+                                     "job file to what a node has")
 
 
 def test_unknown_names_fail_in_one_line_listing_the_valid_ones(tmp_path):

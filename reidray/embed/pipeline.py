@@ -25,7 +25,7 @@ import ray
 
 from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord, nonfinite
 from reidray.config import EmbedSettings, resolve_precision
-from reidray.connect import ray_logs_hint, wait_for_resources
+from reidray.connect import ray_false_alarms_hidden, ray_logs_hint, wait_for_resources
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
@@ -177,8 +177,7 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
         say(f"{label}: redoing the cell: {why}")
 
     try:
-        wait_for_resources({"GPU": res.num_gpus}, what=f"cell {model}/{dataset}: each encoder actor",
-                           timeout_s=settings.resource_wait_s, say=say,
+        wait_for_resources({"GPU": res.num_gpus}, what=f"cell {model}/{dataset}: each encoder actor", say=say,
                            fix="set embed.num_gpus: 0 in the job file to embed on CPUs, or give the cluster a GPU "
                                "worker group")
     except ReidrayError as exc:
@@ -206,10 +205,11 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
 
     start = time.perf_counter()
     writer = threading.Thread(target=write, name=label, daemon=True)
-    writer.start()
     try:
-        watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive(), say, settings.progress_seconds)
-        writer.join()
+        with ray_false_alarms_hidden():  # Ray Data's actor pool starts inside the writer
+            writer.start()
+            watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive(), say, settings.progress_seconds)
+            writer.join()
         steady, busy, (nodes, device) = ray.get(
             [tracker.steady_rate.remote(), tracker.busy_fraction.remote(), tracker.where.remote()])
     finally:

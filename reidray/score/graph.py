@@ -167,18 +167,6 @@ def _with(common: dict, rows: list[dict]) -> list[dict]:
     ]
 
 
-def placement_warning(settings: ScoreSettings) -> str | None:
-    """Why score tasks may wait: no live node has the CPUs or GPUs each one asks for."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    for resource, wanted in (("CPU", settings.num_cpus), ("GPU", settings.num_gpus)):
-        largest = max((n.get(resource, 0) for n in nodes), default=0)
-        if wanted > largest:
-            return (f"each score task asks for {wanted:g} {resource}(s) but the largest node has {largest:g}: "
-                    f"scoring waits until the autoscaler adds a node that has them; on a fixed cluster "
-                    f"lower score.num_{resource.lower()}s in the job file")
-    return None
-
-
 @dataclass
 class ScoreGraph:
     """Submits a score task per finished cell and stores each cell's rows as they arrive."""

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent  # ray and python of the environment running the tests
+TESTS = Path(__file__).resolve().parent  # on every node's PYTHONPATH: test-only encoders (slow_encoder.py)
 
 
 def free_ports(n: int) -> list[int]:
@@ -40,6 +41,7 @@ def ray_env() -> dict[str, str]:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.setdefault("RAY_raylet_start_wait_time_s", "120")  # a busy 2-core machine registers nodes slowly
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `python` is this one
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
     return env
 
 

@@ -13,6 +13,7 @@ completes it).
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -231,3 +232,37 @@ def test_the_last_gpu_node_killed_mid_cell_fails_it_in_one_line_and_a_rerun_comp
     again = run(cluster.head, out, data, SLOW_JOB, model=SLOW)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert_exact(out, clean)
+
+
+# --- a path a node cannot read -------------------------------------------------------------------------
+
+def test_an_image_a_node_cannot_read_fails_the_cell_naming_the_node_and_the_path(cluster, tmp_path):
+    """The driver parsed the dataset and saw every file; the node that decodes one cannot read it (here:
+    removed right after parsing, as an unmounted or stale data root looks to that node)."""
+    data = tmp_path / "data"
+    generate(data, n_ids=30)
+    victim = Path(load(DATASET, data).column("path")[-1].as_py())  # decoded last: removed before it is read
+    out = tmp_path / "out"
+    job = {"embed": {"num_gpus": 1, "batch_size": 8, "decode_batch_size": 8}}
+    process = subprocess.Popen(command(cluster.head, out, data, job), cwd=ROOT, env=ray_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(f"dataset {DATASET}:"):  # parsed: every path was readable on the driver's machine
+            victim.unlink()
+            break
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    log = "".join(lines) + stdout + stderr
+    assert process.returncode == 1, log[-4000:]
+    failed = [line for line in log.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, log[-4000:]
+    assert failed[0].startswith(f"FAILED cell handcrafted/{DATASET}: image {victim} does not exist"), failed
+    nodes = {node["node_id"] for node in cluster.head.alive_nodes()}
+    named = failed[0].split("; read on node ", 1)[1]  # "<ip> (host <name>, node id <id>)"
+    assert f"(host {socket.gethostname()}, node id " in named and named.split("node id ")[1].rstrip(")") in nodes
+    assert "Traceback" not in log
+    assert not list((out / "embeddings").glob(f"*/{DATASET}/cell.json"))

@@ -101,8 +101,13 @@ class LocalHead:
         """A worker node joining this head (`ray start --address --block`, its own process group);
         returns once the head lists it alive."""
         ports = free_ports(6)
+        # Its own temp dir (inside the head's, so `ours` finds its processes): nodes sharing one would
+        # unpack a job's working dir into the same folder, and one node's unpacking removes files
+        # that another node's processes are importing.
+        temp_dir = self.temp_dir / f"w{len(self.workers)}"
         command = [
             str(BIN / "ray"), "start", "--address", self.gcs_address, "--block", "--node-ip-address", "127.0.0.1",
+            "--temp-dir", str(temp_dir),
             "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
             "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
             "--runtime-env-agent-port", str(ports[4]), "--metrics-export-port", str(ports[5]),

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from raycluster import LocalHead, ray_env
+from raycluster import BIN, LocalHead, ray_env
 from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.actor import EncoderActor
@@ -266,3 +266,27 @@ def test_an_image_a_node_cannot_read_fails_the_cell_naming_the_node_and_the_path
     assert f"(host {socket.gethostname()}, node id " in named and named.split("node id ")[1].rstrip(")") in nodes
     assert "Traceback" not in log
     assert not list((out / "embeddings").glob(f"*/{DATASET}/cell.json"))
+
+
+# --- the Jobs API on this cluster ----------------------------------------------------------------------
+
+def test_the_quick_grid_submitted_through_the_jobs_api_runs_on_the_gpu_workers(cluster, tmp_path):
+    """`ray job submit` to the multi-node head, as on a real cluster: the job's driver runs on the head,
+    the encoders on a GPU-declaring worker (quick.yaml leaves embed.num_gpus to the cluster: it has GPUs)."""
+    if not cluster.live_workers():
+        cluster.add_worker()
+    out = tmp_path / "out"  # absolute: the driver runs in Ray's copy of the working dir
+    submitted = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", cluster.head.address,
+         "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml",
+         "--", "python", "-m", "reidray.run", "all", "--job", "jobs/quick.yaml", "--out", str(out)],
+        cwd=ROOT, env=ray_env(), capture_output=True, text=True, timeout=400,
+    )
+    log = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0 and "succeeded" in log, log[-4000:]
+    results = pl.read_parquet(out / "results" / "*.parquet")
+    assert set(zip(results["model"], results["dataset"])) == {("handcrafted", DATASET)}
+    assert set(results["postprocess"]) == {"none", "rerank", "aqe"} and (results["mAP"] > 0.3).all()
+    workers = {n["node_id"] for n in cluster.head.alive_nodes() if n["resources_total"].get(GPU_WORKER)}
+    marker = json.loads((out / "embeddings" / "handcrafted" / DATASET / "cell.json").read_text())
+    assert marker["nodes"] and set(marker["nodes"]) <= workers, (marker["nodes"], workers)

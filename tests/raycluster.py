@@ -53,12 +53,13 @@ class LocalHead:
     """
 
     def __init__(self, num_cpus: int = 2, num_gpus: int = 0, resources: dict | None = None,
-                 system_config: dict | None = None) -> None:
+                 system_config: dict | None = None, autoscaling: dict | None = None) -> None:
         # Short: Ray's unix socket paths under it must stay below 108 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rrhead-", dir="/tmp"))
         (gcs, self.dashboard_port, client, agent_http, agent_grpc, env_agent, metrics, node_manager,
          object_manager) = free_ports(9)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.gcs_address = f"127.0.0.1:{gcs}"
         self.log = self.temp_dir / "ray-start.log"
         self.command = [
             str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
@@ -72,7 +73,17 @@ class LocalHead:
         ]
         if system_config:
             self.command += ["--system-config", json.dumps(system_config, separators=(",", ":"))]
-        self.gcs_address = f"127.0.0.1:{gcs}"
+        self.env = ray_env()
+        if autoscaling:
+            # Ray's fake multi-node provider: the head's autoscaler starts worker nodes as local
+            # processes (its children, so `ours` finds them). It joins the GCS named here, not 6379.
+            config = {**autoscaling, "provider": {**autoscaling["provider"], "gcs_address": self.gcs_address}}
+            path = self.temp_dir / "autoscaling.yaml"
+            path.write_text(json.dumps(config))  # JSON is YAML
+            self.command += ["--autoscaling-config", str(path)]
+            # The provider knows the head by this id (ray.autoscaler._private.fake_multi_node).
+            self.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                             "RAY_OVERRIDE_NODE_ID_FOR_TESTING": "f" * 51 + "00000"})
         self.process: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
@@ -80,7 +91,7 @@ class LocalHead:
         # --block keeps `ray start` in the foreground as the parent of the head's processes; on
         # SIGTERM it stops exactly those. Its own session keeps our signals away from pytest.
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(self.command, cwd=self.temp_dir, env=ray_env(), stdout=log,
+            self.process = subprocess.Popen(self.command, cwd=self.temp_dir, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

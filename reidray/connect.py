@@ -238,6 +238,49 @@ def _wait_until(ready: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
+class ResourceWatch:
+    """Notices, while a cell runs, that no live node can hold ``wanted`` any more (the nodes that
+    could were lost): says so once, asks the autoscaler for a node, and gives up after ``timeout_s``
+    (default: ``config.wait_seconds()``, the one wait knob) without one. Ray itself would keep the
+    work pending for ever."""
+
+    def __init__(self, wanted: dict[str, float], *, what: str, fix: str, say: Callable[[str], None],
+                 timeout_s: float | None = None, every_s: float = 1.0) -> None:
+        self.wanted = {name: amount for name, amount in wanted.items() if amount > 0}
+        self.timeout_s = wait_seconds() if timeout_s is None else timeout_s
+        self.what, self.fix, self.say, self.every_s = what, fix, say, every_s
+        self.lost_since: float | None = None
+        self.checked = float("-inf")
+        self.failure: str | None = None
+
+    def gave_up(self) -> str | None:
+        """The one-line failure once no node could hold ``wanted`` for ``timeout_s``; else None.
+        Cheap to call often: it asks Ray at most once per ``every_s``."""
+        import ray
+        from ray.autoscaler.sdk import request_resources
+
+        now = time.monotonic()
+        if self.failure or not self.wanted or now - self.checked < self.every_s:
+            return self.failure
+        self.checked = now
+        missing = ", ".join(f"{amount:g} {name}" for name, amount in sorted(self.wanted.items()))
+        if _fits(ray.nodes(), self.wanted):
+            if self.lost_since is not None:
+                self.say(f"{self.what}: a node with {missing} is back")
+                request_resources(bundles=[])
+            self.lost_since = None
+        elif self.lost_since is None:
+            self.lost_since = now
+            self.say(f"{self.what}: no live node has {missing} any more (lost mid-cell): waiting up to "
+                     f"{self.timeout_s:.0f} s for one to join ({self.fix})")
+            request_resources(bundles=[self.wanted])
+        elif now - self.lost_since >= self.timeout_s:
+            request_resources(bundles=[])
+            self.failure = (f"{self.what}: the nodes with {missing} were lost mid-cell and none joined in "
+                            f"{self.timeout_s:.0f} s; {self.fix}, then rerun")
+        return self.failure
+
+
 def _fits(nodes: list[dict], wanted: dict[str, float]) -> bool:
     return any(node.get("Alive") and all(node["Resources"].get(name, 0) >= amount for name, amount in wanted.items())
                for node in nodes)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent  # ray and python of the environment running the tests
+TESTS = Path(__file__).resolve().parent  # on every node's PYTHONPATH: test-only encoders (slow_encoder.py)
 
 
 def free_ports(n: int) -> list[int]:
@@ -40,6 +41,7 @@ def ray_env() -> dict[str, str]:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.setdefault("RAY_raylet_start_wait_time_s", "120")  # a busy 2-core machine registers nodes slowly
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `python` is this one
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -51,12 +53,13 @@ class LocalHead:
     """
 
     def __init__(self, num_cpus: int = 2, num_gpus: int = 0, resources: dict | None = None,
-                 system_config: dict | None = None) -> None:
+                 system_config: dict | None = None, autoscaling: dict | None = None) -> None:
         # Short: Ray's unix socket paths under it must stay below 108 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rrhead-", dir="/tmp"))
         (gcs, self.dashboard_port, client, agent_http, agent_grpc, env_agent, metrics, node_manager,
          object_manager) = free_ports(9)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.gcs_address = f"127.0.0.1:{gcs}"
         self.log = self.temp_dir / "ray-start.log"
         self.command = [
             str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
@@ -70,7 +73,17 @@ class LocalHead:
         ]
         if system_config:
             self.command += ["--system-config", json.dumps(system_config, separators=(",", ":"))]
-        self.gcs_address = f"127.0.0.1:{gcs}"
+        self.env = ray_env()
+        if autoscaling:
+            # Ray's fake multi-node provider: the head's autoscaler starts worker nodes as local
+            # processes (its children, so `ours` finds them). It joins the GCS named here, not 6379.
+            config = {**autoscaling, "provider": {**autoscaling["provider"], "gcs_address": self.gcs_address}}
+            path = self.temp_dir / "autoscaling.yaml"
+            path.write_text(json.dumps(config))  # JSON is YAML
+            self.command += ["--autoscaling-config", str(path)]
+            # The provider knows the head by this id (ray.autoscaler._private.fake_multi_node).
+            self.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                             "RAY_OVERRIDE_NODE_ID_FOR_TESTING": "f" * 51 + "00000"})
         self.process: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
@@ -78,7 +91,7 @@ class LocalHead:
         # --block keeps `ray start` in the foreground as the parent of the head's processes; on
         # SIGTERM it stops exactly those. Its own session keeps our signals away from pytest.
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(self.command, cwd=self.temp_dir, env=ray_env(), stdout=log,
+            self.process = subprocess.Popen(self.command, cwd=self.temp_dir, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -99,8 +112,13 @@ class LocalHead:
         """A worker node joining this head (`ray start --address --block`, its own process group);
         returns once the head lists it alive."""
         ports = free_ports(6)
+        # Its own temp dir (inside the head's, so `ours` finds its processes): nodes sharing one would
+        # unpack a job's working dir into the same folder, and one node's unpacking removes files
+        # that another node's processes are importing.
+        temp_dir = self.temp_dir / f"w{len(self.workers)}"
         command = [
             str(BIN / "ray"), "start", "--address", self.gcs_address, "--block", "--node-ip-address", "127.0.0.1",
+            "--temp-dir", str(temp_dir),
             "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
             "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
             "--runtime-env-agent-port", str(ports[4]), "--metrics-export-port", str(ports[5]),

@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, PATH, CellRecord, nonfinite
 from reidray.config import EmbedSettings, resolve_precision
-from reidray.connect import ray_false_alarms_hidden, ray_logs_hint, wait_for_resources
+from reidray.connect import ResourceWatch, ray_false_alarms_hidden, ray_logs_hint, wait_for_resources
 from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.embed.progress import ProgressTracker, tracker_name, watch
@@ -176,16 +177,20 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
     if why:
         say(f"{label}: redoing the cell: {why}")
 
+    actor_needs = {"wanted": {"GPU": res.num_gpus}, "what": f"cell {model}/{dataset}: each encoder actor", "say": say,
+                   "fix": "set embed.num_gpus: 0 in the job file to embed on CPUs, or give the cluster a GPU "
+                          "worker group"}
     try:
-        wait_for_resources({"GPU": res.num_gpus}, what=f"cell {model}/{dataset}: each encoder actor", say=say,
-                           fix="set embed.num_gpus: 0 in the job file to embed on CPUs, or give the cluster a GPU "
-                               "worker group")
+        wait_for_resources(**actor_needs)
     except ReidrayError as exc:
         raise CellError(str(exc)) from None
     cell_dir = store.cell_dir(model, dataset)
     store.clear_dir(cell_dir)  # drops any half-written attempt, marker included
     store.drop_results(model, dataset)  # they described the cell just cleared
-    tracker = ProgressTracker.options(name=tracker_name(model, dataset)).remote()
+    # On the driver's own node: a tracker Ray put on a worker node would die with that node and
+    # take the cell with it, though the pool recovers from the loss.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    tracker = ProgressTracker.options(name=tracker_name(model, dataset), scheduling_strategy=here).remote()
     ds = (decoded if decoded is not None else decoded_images(manifest, model, settings)).map_batches(
         EncoderActor,
         fn_constructor_kwargs={"model": model, "weights": weights, "random_init": random_init,
@@ -205,10 +210,15 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
 
     start = time.perf_counter()
     writer = threading.Thread(target=write, name=label, daemon=True)
+    lost = ResourceWatch(**actor_needs)  # the nodes that could hold an encoder, all lost mid-cell
     try:
         with ray_false_alarms_hidden():  # Ray Data's actor pool starts inside the writer
             writer.start()
-            watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive(), say, settings.progress_seconds)
+            watch(tracker, label, manifest.num_rows, lambda: not writer.is_alive() or lost.gave_up() is not None,
+                  say, settings.progress_seconds)
+            if writer.is_alive():
+                _stop(tracker, writer)
+                raise CellError(lost.gave_up())
             writer.join()
         steady, busy, (nodes, device) = ray.get(
             [tracker.steady_rate.remote(), tracker.busy_fraction.remote(), tracker.where.remote()])
@@ -231,6 +241,14 @@ def _embed_held(store: Store, model: str, dataset: str, manifest: pa.Table, *, w
     )
     store.write_json(f"{cell_dir}/cell.json", cell.to_marker())
     return cell
+
+
+def _stop(tracker, writer: threading.Thread, timeout_s: float = 60.0) -> None:
+    """End a cell's pipeline that cannot finish: its encoder actors killed for good, so Ray Data
+    stops instead of waiting for a node to restart them on, and nothing writes into the cell later."""
+    for actor in ray.get(tracker.encoder_actors.remote()):
+        ray.kill(actor, no_restart=True)
+    writer.join(timeout_s)
 
 
 def _verify(written: pa.Table, manifest: pa.Table, model: str, dataset: str) -> None:

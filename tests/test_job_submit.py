@@ -79,7 +79,7 @@ def test_a_root_inside_a_submitted_jobs_working_dir_copy_is_warned_about(tmp_pat
     from reidray.store import RAY_JOB_ENV, Store, job_copy_warning
 
     copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
-    copy.mkdir(parents=True)
+    (copy / "out").mkdir(parents=True)  # report reads an existing root (a missing one is refused first)
     monkeypatch.chdir(copy)
     monkeypatch.setenv(RAY_JOB_ENV, json.dumps({
         "runtime_env": {"working_dir": "gcs://_ray_pkg_0123abcd.zip"},

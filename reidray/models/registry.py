@@ -88,6 +88,16 @@ def _spec(**kw: object) -> ModelSpec:
     return ModelSpec(**kw)  # type: ignore[arg-type]
 
 
+def _handcrafted(name: str, *, dim: int, arch: str, embedding: str) -> ModelSpec:
+    """The hand-crafted descriptor or one of its halves: one preprocessing, no weights, no camera."""
+    return _spec(
+        name=name, paradigm="hand-crafted", params_m=0.0, input_size=(128, 64), interpolation="bilinear",
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=dim, normalize=True, metric="cosine", weights_id="",
+        needs_weights=False, uses_camera=False, batch_size=256, family="handcrafted", library="reidray", arch=arch,
+        embedding=embedding,
+    )
+
+
 def _hub(repo: str) -> str:
     return f"https://huggingface.co/{repo}"
 
@@ -211,27 +221,18 @@ _SPECS: list[ModelSpec] = [
         weights_url=_hub("timm/vit_pe_spatial_small_patch16_512.fb"),
         paper_name="PE-Spatial-S16", paper_params_m=22.0, paper_params_scope="the vision tower",
     ),
-    _spec(
-        name="handcrafted", paradigm="hand-crafted", params_m=0.0, input_size=(128, 64),
-        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=774, normalize=True,
-        metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
-        family="handcrafted", library="reidray", arch="colour + texture stripe histograms",
+    _handcrafted(
+        "handcrafted", dim=774, arch="colour + texture stripe histograms",
         embedding="Hellinger-mapped colour (hue; saturation x brightness), gradient and SILTP histograms over 6 stripes",
     ),
     # The hand-crafted descriptor's two halves, each a model of its own: complementary encoders
     # that need no weights, fused by the embedded default (config.DEFAULT_FUSIONS).
-    _spec(
-        name="handcrafted-colour", paradigm="hand-crafted", params_m=0.0, input_size=(128, 64),
-        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=216, normalize=True,
-        metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
-        family="handcrafted", library="reidray", arch="colour stripe histograms",
+    _handcrafted(
+        "handcrafted-colour", dim=216, arch="colour stripe histograms",
         embedding="handcrafted's colour families only: hue and saturation x brightness histograms over 6 stripes",
     ),
-    _spec(
-        name="handcrafted-texture", paradigm="hand-crafted", params_m=0.0, input_size=(128, 64),
-        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=558, normalize=True,
-        metric="cosine", weights_id="", needs_weights=False, uses_camera=False, batch_size=256,
-        family="handcrafted", library="reidray", arch="texture stripe histograms",
+    _handcrafted(
+        "handcrafted-texture", dim=558, arch="texture stripe histograms",
         embedding="handcrafted's texture families only: gradient orientation, strength and SILTP histograms over 6 stripes",
     ),
     _spec(

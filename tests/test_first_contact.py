@@ -172,8 +172,9 @@ def test_every_wait_is_60_seconds_unless_set(monkeypatch):
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------
 def _ray_processes(temp_dir: Path) -> list[str]:
-    """Command lines of live processes that belong to the Ray instance under ``temp_dir``."""
-    ps = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    """Command lines of live processes that belong to the Ray instance under ``temp_dir`` (-ww: whole
+    lines, whatever width the terminal or COLUMNS claims)."""
+    ps = subprocess.run(["ps", "-wweo", "stat=,args="], capture_output=True, text=True).stdout
     return [line for line in ps.splitlines() if str(temp_dir) in line and not line.lstrip().startswith("Z")]
 
 

@@ -161,7 +161,7 @@ def embed_and_score(grid: Grid, manifests: dict[str, pa.Table], job: JobConfig, 
     from reidray.embed.dataset import embed_dataset
     from reidray.score.graph import ScoreGraph
 
-    graph = ScoreGraph(store, job.score)
+    graph = ScoreGraph(store, job.score, say=say)
     failures: list[str] = []
     for dataset, manifest in manifests.items():
         protocol = datasets.get(dataset).protocol
@@ -245,7 +245,7 @@ def score_stored(store: Store, job: JobConfig, cells: list[CellRecord], say: Say
     ``redo`` drops each cell's results first. The score tasks verify each cell before ranking it."""
     from reidray.score.graph import ScoreGraph
 
-    graph = ScoreGraph(store, job.score)
+    graph = ScoreGraph(store, job.score, say=say)
     for cell in cells:
         if redo:
             store.drop_results(cell.model, cell.dataset)

@@ -9,6 +9,7 @@ that fails to score loses its old results file, so no stale number outlives it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -19,6 +20,7 @@ import ray
 
 from reidray.cells import EMBEDDING, IMAGE_ID, LABELS, CellRecord, nonfinite
 from reidray.config import FusionEntry, ScoreSettings
+from reidray.connect import ResourceWatch
 from reidray.errors import CellError, ReidrayError, user_error
 from reidray.score.results import to_table
 from reidray.store import Store, fingerprint, redo_hint, verify_cell
@@ -169,10 +171,16 @@ def _with(common: dict, rows: list[dict]) -> list[dict]:
 
 @dataclass
 class ScoreGraph:
-    """Submits a score task per finished cell and stores each cell's rows as they arrive."""
+    """Submits a score task per finished cell and stores each cell's rows as they arrive.
+
+    A task whose node is lost is retried by Ray on another node that can hold it; when no live node
+    can (score.num_gpus asked for GPUs and the GPU nodes are gone), the wait for it is bounded by
+    ``config.wait_seconds()`` (``connect.ResourceWatch``) and each pending cell fails in one line.
+    """
 
     store: Store
     settings: ScoreSettings = field(default_factory=ScoreSettings)
+    say: Callable[[str], None] = print
     pending: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     done: list[tuple[str, str]] = field(default_factory=list)
@@ -212,11 +220,20 @@ class ScoreGraph:
         return skipped
 
     def collect(self, wait: bool = False) -> None:
-        """Store the rows of every finished task; with ``wait``, of all of them."""
+        """Store the rows of every finished task; with ``wait``, of all of them (or fail those no
+        live node can run any more)."""
+        watch = ResourceWatch({"CPU": self.settings.num_cpus, "GPU": self.settings.num_gpus}, what="each score task",
+                              fix="add a node with them (a GPU worker group) or lower score.num_gpus in the job file",
+                              say=self.say)
         while self.pending:
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=None if wait else 0)
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0 if wait else 0)
             if not ready:
-                return
+                if not wait:
+                    return
+                if failure := watch.gave_up():
+                    self._abandon(failure)
+                    return
+                continue
             model, dataset = self.pending.pop(ready[0])
             try:
                 rows, sheet = ray.get(ready[0])
@@ -235,3 +252,11 @@ class ScoreGraph:
                                      f"written ({exc}); move whatever is there away and rerun score")
                 continue
             self.done.append((model, dataset))
+
+    def _abandon(self, failure: str) -> None:
+        """Cancel every pending task (Ray would keep them pending for ever) and fail its cell."""
+        for ref, (model, dataset) in self.pending.items():
+            ray.cancel(ref, force=True)
+            self.failures.append(f"cell {model}/{dataset}: {failure}")
+            self.store.drop_results(model, dataset)
+        self.pending.clear()

@@ -1,74 +1,21 @@
-"""The path users take on clusters, end to end: a real Ray head, a real `ray job submit`.
-
-`ray start --head` on loopback, `ray job submit --working-dir . -- python -m reidray.run all --job
-jobs/quick.yaml`, results on disk, the head stopped. The head is this test's alone: its own ports,
-its own temp dir, stopped by signalling its own processes (found through /proc: Linux, as CI).
-`ray stop` would also kill the test session's Ray instance (tests/conftest.py) and anyone else's
-on the machine, so it is never used.
-
-Also here: every job file in jobs/ validates, and the paper grid is the study's 11 x 9.
+"""The job files users submit: every one in jobs/ validates, the paper grid is the study's 11 x 9, a
+wrong one is refused with its line, and an output root inside Ray's copy of the working dir is
+warned about. `ray job submit` itself runs against a real multi-node head in tests/test_multinode.py.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-import polars as pl
 import pytest
 import yaml
 
-from raycluster import BIN, LocalHead, describe, ray_env
 from reidray.config import load_job
 from reidray.errors import ReidrayError
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_ENV = ROOT / "cluster" / "runtime_env.yaml"
 
-
-@pytest.mark.slow
-@pytest.mark.timeout(480)  # the bounds below: head 120 s, job 240 s, stop 55 s
-def test_ray_job_submit_to_a_real_head_runs_the_quick_grid(tmp_path):
-    out = tmp_path / "out"  # absolute: the driver runs in Ray's copy of the working dir
-    head = LocalHead()
-    try:
-        head.start()
-        processes = head.ours()
-        submitted = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", head.address,
-             "--working-dir", ".", "--runtime-env", str(RUNTIME_ENV.relative_to(ROOT)),
-             "--", "python", "-m", "reidray.run", "all", "--job", "jobs/quick.yaml", "--out", str(out)],
-            cwd=ROOT, env=ray_env(), capture_output=True, text=True, timeout=240,
-        )
-        log = submitted.stdout + submitted.stderr
-        assert submitted.returncode == 0, log[-6000:]
-        assert "succeeded" in log, log[-3000:]
-
-        # The job ran the code uploaded from this checkout, without the local environment or outputs.
-        packages = list((head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files").glob("_ray_pkg_*"))
-        package = next(p for p in packages if p.is_dir())
-        assert (package / "reidray" / "run.py").is_file() and (package / "jobs" / "quick.yaml").is_file()
-        for excluded in (".venv", "out", "data", ".git"):
-            assert not (package / excluded).exists(), f"{excluded}/ was uploaded with the working dir"
-
-        # Results on disk, where --out said, readable with Polars.
-        results = pl.read_parquet(out / "results" / "*.parquet")
-        job = load_job(ROOT / "jobs" / "quick.yaml")
-        cells = set(zip(results["model"], results["dataset"]))
-        assert cells == {(m.name, d) for m in job.models for d in job.datasets}, cells
-        assert results["mAP"].is_between(0, 1).all() and (results["mAP"] > 0).all()
-        assert (out / "report" / "results.md").is_file()
-        for model, dataset in cells:
-            assert (out / "embeddings" / model / dataset / "cell.json").is_file()
-    finally:
-        head.stop()
-    assert head.process is not None and head.process.poll() is not None, "ray start is still running"
-    survivors = head.alive(processes) | head.ours()
-    assert not survivors, f"processes of the test's head survived its stop: {describe(survivors)}"
-
-
-# --- a relative --out under `ray job submit` ---------------------------------------------------------
 
 def test_a_root_inside_a_submitted_jobs_working_dir_copy_is_warned_about(tmp_path, monkeypatch):
     """What Ray 2.60's job supervisor gives the driver (checked against a real head): its cwd is the

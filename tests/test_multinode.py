@@ -7,12 +7,13 @@ declared-but-absent GPU runs on the CPU instead of crashing; the cell records th
 device; a request no node can hold says so in one line within the bound and fails the cell; a
 worker node killed mid-cell costs no row and changes no number while another GPU node is left, and
 fails the cell in one line naming the missing resource when none is (a rerun after a node rejoins
-completes it).
+completes it); the same for the node a score task runs on.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +27,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from raycluster import BIN, LocalHead, ray_env
+from raycluster import BIN, LocalHead, describe, ray_env
+from reidray.config import load_job
 from reidray.datasets import load
 from reidray.datasets.synth import generate
 from reidray.embed.actor import EncoderActor
@@ -63,27 +65,45 @@ class Cluster:
     def kill(self, name: str) -> None:
         self.head.kill(self.workers[name])
 
-    def encoder_worker(self) -> str | None:
-        """The name of a worker node an encoder actor is alive on now (Ray's state API), or None."""
-        with urllib.request.urlopen(f"{self.head.address}/api/v0/actors?detail=true&limit=1000", timeout=10) as answer:
-            actors = json.load(answer)["data"]["result"]["result"]
-        on = {a["node_id"] for a in actors if a["state"] == "ALIVE" and "EncoderActor" in a["class_name"]}
+    def state(self, kind: str, **equal: str) -> list[dict]:
+        """Ray's state API: the ``kind`` ("actors", "tasks") whose fields equal ``equal``."""
+        filters = "".join(f"&filter_keys={k}&filter_predicates=%3D&filter_values={v}" for k, v in equal.items())
+        with urllib.request.urlopen(f"{self.head.address}/api/v0/{kind}?detail=true&limit=1000{filters}",
+                                    timeout=10) as answer:
+            return json.load(answer)["data"]["result"]["result"]
+
+    def worker_of(self, node_ids: set[str]) -> str | None:
+        """The name of a live worker node among ``node_ids``, or None."""
         for node in self.head.alive_nodes():
-            if node["node_id"] in on:
+            if node["node_id"] in node_ids:
                 return next(r for r in node["resources_total"] if r.startswith("worker-"))
         return None
+
+    def encoder_worker(self) -> str | None:
+        """The name of a worker node an encoder actor is alive on now, or None."""
+        return self.worker_of({a["node_id"] for a in self.state("actors", state="ALIVE")
+                               if "EncoderActor" in a["class_name"]})
+
+    def score_worker(self) -> str | None:
+        """The name of the worker node a score task is running on now, or None."""
+        return self.worker_of({t["node_id"] for t in self.state("tasks", name="score_task", state="RUNNING")})
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    """The module's cluster; stopping it leaves none of its processes running (checked)."""
     nodes = Cluster()
     try:
         nodes.head.start()
         for _ in range(2):
             nodes.add_worker()
         yield nodes
+        processes = nodes.head.ours()
     finally:
         nodes.head.stop()
+    assert nodes.head.process is not None and nodes.head.process.poll() is not None, "ray start is still running"
+    survivors = nodes.head.alive(processes) | nodes.head.ours()
+    assert not survivors, f"processes of the test's head survived its stop: {describe(survivors)}"
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +113,20 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def command(head: LocalHead, out: Path, data: Path, job: dict, model: str = "handcrafted") -> list[str]:
+def command(head: LocalHead, out: Path, data: Path, job: dict, model: str = "handcrafted",
+            stage: str = "all") -> list[str]:
     """The CLI as a user runs it against the cluster (`--address`)."""
-    job_file = out.parent / f"{out.name}-job.yaml"
+    job_file = out.parent / f"{out.name}-{stage}-job.yaml"
     job_file.write_text(json.dumps(job))
-    return [sys.executable, "-m", "reidray.run", "all", "--job", str(job_file), "--address", head.gcs_address,
+    return [sys.executable, "-m", "reidray.run", stage, "--job", str(job_file), "--address", head.gcs_address,
             "--data-root", str(data), "--out", str(out), "-m", model, "-d", DATASET]
 
 
 def run(head: LocalHead, out: Path, data: Path, job: dict, timeout: float = 600,
-        model: str = "handcrafted", wait_s: int | None = None) -> subprocess.CompletedProcess:
+        model: str = "handcrafted", wait_s: int | None = None, stage: str = "all") -> subprocess.CompletedProcess:
     """The CLI against the cluster, as its own process, to the end (``wait_s``: REIDRAY_WAIT_SECONDS)."""
     env = {**ray_env(), **({"REIDRAY_WAIT_SECONDS": str(wait_s)} if wait_s is not None else {})}
-    return subprocess.run(command(head, out, data, job, model), cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run(command(head, out, data, job, model, stage), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -168,13 +189,15 @@ def assert_exact(out: Path, clean: dict[str, np.ndarray]) -> None:
     assert all(np.array_equal(got[k], clean[k]) for k in clean)
 
 
-def run_killing(cluster: Cluster, out: Path, data: Path,
-                pick: Callable[[Cluster], str | None]) -> tuple[subprocess.CompletedProcess, str]:
-    """The CLI with the slow encoder; once it reports its first embedded images, the worker
-    ``pick(cluster)`` names (polled until it names one) is killed. Returns the run and the
-    progress line last printed before the kill."""
-    process = subprocess.Popen(command(cluster.head, out, data, SLOW_JOB, SLOW), cwd=ROOT,
-                               env={**ray_env(), "REIDRAY_WAIT_SECONDS": str(LOST_WAIT_S)},
+def last_line(lines: list[str]) -> str:
+    return lines[-1].strip() if lines else "(nothing printed yet)"
+
+
+def run_killing(cluster: Cluster, args: list[str], pick: Callable[[Cluster], str | None],
+                ready: Callable[[list[str]], str | None] = last_line) -> tuple[subprocess.CompletedProcess, str]:
+    """The CLI ``args``; once ``ready(lines printed so far)`` gives a line (not None), the worker
+    ``pick(cluster)`` names (polled until it names one) is killed. Returns the run and that line."""
+    process = subprocess.Popen(args, cwd=ROOT, env={**ray_env(), "REIDRAY_WAIT_SECONDS": str(LOST_WAIT_S)},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     errors: list[str] = []
@@ -186,26 +209,38 @@ def run_killing(cluster: Cluster, out: Path, data: Path,
     try:
         while process.poll() is None and time.monotonic() < deadline and not at_kill:
             time.sleep(0.3)
-            progress = [line for line in lines if " images (" in line]
-            if progress and ": 0/" not in progress[-1]:
-                victim = pick(cluster)
-                if victim:
-                    cluster.kill(victim)
-                    at_kill = progress[-1].strip()
+            line = ready(list(lines))
+            victim = pick(cluster) if line is not None else None
+            if victim:
+                cluster.kill(victim)
+                at_kill = line
         process.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         process.kill()
     for reader in readers:
         reader.join(10)
-    assert at_kill, f"no worker was killed mid-cell:\n{''.join(lines)[-3000:]}"
-    assert "(100%)" not in at_kill, f"the node was killed after the cell was embedded: {at_kill}"
+    assert at_kill, f"no worker was killed mid-run:\n{''.join(lines)[-3000:]}"
     return subprocess.CompletedProcess(process.args, process.returncode, "".join(lines), "".join(errors)), at_kill
+
+
+def embedding(lines: list[str]) -> str | None:
+    """The slow cell's last progress line once it has reported embedded images."""
+    progress = [line.strip() for line in lines if " images (" in line]
+    return progress[-1] if progress and ": 0/" not in progress[-1] else None
+
+
+def run_killing_mid_embed(cluster: Cluster, out: Path, data: Path,
+                          pick: Callable[[Cluster], str | None]) -> subprocess.CompletedProcess:
+    """The CLI with the slow encoder, the worker ``pick`` names killed while the cell is embedded."""
+    done, at_kill = run_killing(cluster, command(cluster.head, out, data, SLOW_JOB, SLOW), pick, embedding)
+    assert "(100%)" not in at_kill, f"the node was killed after the cell was embedded: {at_kill}"
+    return done
 
 
 def test_a_worker_killed_mid_cell_costs_no_row_while_another_gpu_node_is_left(cluster, data, clean, tmp_path):
     assert len(cluster.live_workers()) == 2
     out = tmp_path / "out"
-    done, _ = run_killing(cluster, out, data, Cluster.encoder_worker)
+    done = run_killing_mid_embed(cluster, out, data, Cluster.encoder_worker)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert len(cluster.live_workers()) == 1
     marker = json.loads(next((out / "embeddings").glob(f"*/{DATASET}/cell.json")).read_text())
@@ -221,7 +256,7 @@ def test_the_last_gpu_node_killed_mid_cell_fails_it_in_one_line_and_a_rerun_comp
     if not cluster.live_workers():
         cluster.add_worker()
     out = tmp_path / "out"
-    done, _ = run_killing(cluster, out, data, lambda c: c.live_workers()[0])
+    done = run_killing_mid_embed(cluster, out, data, lambda c: c.live_workers()[0])
     log = done.stdout + done.stderr
     assert done.returncode == 1, log[-4000:]
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
@@ -235,6 +270,80 @@ def test_the_last_gpu_node_killed_mid_cell_fails_it_in_one_line_and_a_rerun_comp
     again = run(cluster.head, out, data, SLOW_JOB, model=SLOW)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert_exact(out, clean)
+
+
+# --- a score task's node lost ------------------------------------------------------------------------
+
+# Ranking on the GPU workers, k-reciprocal re-ranking with k1 150 of ~1k images: seconds of work per
+# task, time to kill its node while it runs.
+SCORE_JOB = {"score": {"num_gpus": 1, "rerank": {"k1": 150}}}
+RESULTS = Path("results") / f"handcrafted__{DATASET}.parquet"
+
+
+def workers(cluster: Cluster, n: int) -> None:
+    """Exactly ``n`` live GPU workers."""
+    while len(cluster.live_workers()) > n:
+        cluster.kill(cluster.live_workers()[-1])
+    while len(cluster.live_workers()) < n:
+        cluster.add_worker()
+
+
+@pytest.fixture(scope="module")
+def scored(cluster, tmp_path_factory) -> tuple[Path, Path]:
+    """(data root, output root) of a grid embedded and scored once on the cluster, undisturbed: its
+    results are what a rescoring, however interrupted, must store."""
+    root = tmp_path_factory.mktemp("scoring")
+    data, out = root / "data", root / "out"
+    generate(data, n_ids=100)
+    if not cluster.live_workers():
+        cluster.add_worker()
+    done = run(cluster.head, out, data, SCORE_JOB)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return data, out
+
+
+def numbers(out: Path) -> pl.DataFrame:
+    """The stored results less what differs between two scorings of the same embeddings (timing)."""
+    return pl.read_parquet(out / RESULTS).drop("score_seconds", "created_at").sort("postprocess")
+
+
+def rescore_killing_its_node(cluster: Cluster, scored: tuple[Path, Path], tmp_path: Path) -> tuple[
+        subprocess.CompletedProcess, Path]:
+    """`score` on a copy of the scored grid, the node its score task runs on killed mid-task."""
+    data, clean = scored
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    done, _ = run_killing(cluster, command(cluster.head, out, data, SCORE_JOB, stage="score"), Cluster.score_worker)
+    return done, out
+
+
+def test_a_score_tasks_node_killed_mid_task_is_rerun_elsewhere_to_the_same_numbers(cluster, scored, tmp_path):
+    workers(cluster, 2)
+    done, out = rescore_killing_its_node(cluster, scored, tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert len(cluster.live_workers()) == 1
+    attempts = cluster.state("tasks", name="score_task", state="FINISHED")
+    assert any(task["attempt_number"] > 0 for task in attempts), attempts  # Ray reran it: the kill came mid-task
+    assert numbers(out).equals(numbers(scored[1]))
+
+
+def test_the_last_gpu_node_killed_mid_score_fails_the_cell_in_one_line_and_a_rerun_scores_it(cluster, scored,
+                                                                                            tmp_path):
+    workers(cluster, 1)
+    done, out = rescore_killing_its_node(cluster, scored, tmp_path)
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log[-4000:]
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
+    assert failed == [f"FAILED cell handcrafted/{DATASET}: each score task: the nodes with 1 CPU, 1 GPU were lost "
+                      f"mid-cell and none joined in {LOST_WAIT_S} s; add a node with them (a GPU worker group) or "
+                      "lower score.num_gpus in the job file, then rerun"], log[-4000:]
+    assert "does not have any available" not in log
+    assert not (out / RESULTS).exists()  # the old numbers do not outlive a failed rescoring
+
+    cluster.add_worker()  # a node rejoins; the same command scores the cell
+    again = run(cluster.head, out, scored[0], SCORE_JOB, stage="score")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert numbers(out).equals(numbers(scored[1]))
 
 
 # --- a path a node cannot read -------------------------------------------------------------------------
@@ -287,9 +396,20 @@ def test_the_quick_grid_submitted_through_the_jobs_api_runs_on_the_gpu_workers(c
     )
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0 and "succeeded" in log, log[-4000:]
+
+    # The job ran the code uploaded from this checkout, without the local environment or outputs.
+    packages = cluster.head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files"
+    package = next(p for p in packages.glob("_ray_pkg_*") if p.is_dir())
+    assert (package / "reidray" / "run.py").is_file() and (package / "jobs" / "quick.yaml").is_file()
+    for excluded in (".venv", "out", "data", ".git"):
+        assert not (package / excluded).exists(), f"{excluded}/ was uploaded with the working dir"
+
+    # Results on disk, where --out said, readable with Polars.
     results = pl.read_parquet(out / "results" / "*.parquet")
-    assert set(zip(results["model"], results["dataset"])) == {("handcrafted", DATASET)}
+    job = load_job(ROOT / "jobs" / "quick.yaml")
+    assert set(zip(results["model"], results["dataset"])) == {(m.name, d) for m in job.models for d in job.datasets}
     assert set(results["postprocess"]) == {"none", "rerank", "aqe"} and (results["mAP"] > 0.3).all()
+    assert (out / "report" / "results.md").is_file()
     workers = {n["node_id"] for n in cluster.head.alive_nodes() if n["resources_total"].get(GPU_WORKER)}
     marker = json.loads((out / "embeddings" / "handcrafted" / DATASET / "cell.json").read_text())
     assert marker["nodes"] and set(marker["nodes"]) <= workers, (marker["nodes"], workers)

@@ -28,7 +28,7 @@ SKIPPED = [
                           "it with Ctrl-C"),
     ("curl", "needs the running server (and query.jpg, and clip-vit-b16's weights and a market1501 gallery for "
              "/search/text); tests/test_serve.py makes these requests"),
-    ("ray job submit", "needs a Ray cluster; tests/test_job_submit.py submits to a real head"),
+    ("ray job submit", "needs a Ray cluster; tests/test_multinode.py submits to a real multi-node head"),
     ("--download", "fetches weights from the model hubs, which this machine cannot reach; tests/test_models_fetch.py "
                    "covers the download offline"),
     ("export ", "sets a variable in the reader's own shell for the commands after it"),

@@ -16,18 +16,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["REIDRAY_DOWNLOAD"] = "0"
 
 
-# Tests that own all they run on (a multi-node Ray cluster on free ports, their own temp dirs, data
-# and outputs) and take minutes: `.ci/run` (pytest -n 2 --dist loadgroup) runs them beside the rest.
-# The rest stay together in one process, in order: they share one Ray instance, and Serve's HTTP
-# port and HAProxy's fixed stats ports admit one Serve per machine at a time.
-APART = {"test_multinode.py", "test_autoscaling.py"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("apart" if item.path.name in APART else "shared"))
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance shared by every test that needs one."""

@@ -110,6 +110,10 @@ class ScoreSettings(BaseModel):
     )
     aqe: AqeSettings | None = Field(default=None, description="{} for the defaults; adds postprocess 'aqe' rows")
 
+    def resources(self) -> dict[str, float]:
+        """What one score task asks Ray for: checked before embedding and watched while scoring."""
+        return {"CPU": self.num_cpus, "GPU": self.num_gpus}
+
     def postprocessing(self) -> dict[str, dict[str, Any]]:
         """Each post-processing to score after the plain rows, with evaluate's options for it."""
         chosen = {"rerank": self.rerank, "aqe": self.aqe}

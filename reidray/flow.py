@@ -145,7 +145,7 @@ def check_placement(job: JobConfig, say: Say) -> None:
 
     from reidray.connect import wait_for_resources
 
-    wanted = {"CPU": job.score.num_cpus, "GPU": job.score.num_gpus}
+    wanted = job.score.resources()
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     too_big = [f"score.num_{name.lower()}s" for name, amount in wanted.items()
                if amount > max((node.get(name, 0) for node in nodes), default=0)]

@@ -65,6 +65,13 @@ class Cluster:
     def kill(self, name: str) -> None:
         self.head.kill(self.workers[name])
 
+    def keep(self, n: int) -> None:
+        """Exactly ``n`` live GPU workers: the newest killed, or new ones added."""
+        while len(self.live_workers()) > n:
+            self.kill(self.live_workers()[-1])
+        while len(self.live_workers()) < n:
+            self.add_worker()
+
     def state(self, kind: str, **equal: str) -> list[dict]:
         """Ray's state API: the ``kind`` ("actors", "tasks") whose fields equal ``equal``."""
         filters = "".join(f"&filter_keys={k}&filter_predicates=%3D&filter_values={v}" for k, v in equal.items())
@@ -251,10 +258,7 @@ def test_a_worker_killed_mid_cell_costs_no_row_while_another_gpu_node_is_left(cl
 
 def test_the_last_gpu_node_killed_mid_cell_fails_it_in_one_line_and_a_rerun_completes_it(cluster, data, clean,
                                                                                          tmp_path):
-    while len(cluster.live_workers()) > 1:  # one GPU node left (the test above killed the other)
-        cluster.kill(cluster.live_workers()[-1])
-    if not cluster.live_workers():
-        cluster.add_worker()
+    cluster.keep(1)  # one GPU node left (the test above killed the other)
     out = tmp_path / "out"
     done = run_killing_mid_embed(cluster, out, data, lambda c: c.live_workers()[0])
     log = done.stdout + done.stderr
@@ -278,14 +282,6 @@ def test_the_last_gpu_node_killed_mid_cell_fails_it_in_one_line_and_a_rerun_comp
 # task, time to kill its node while it runs.
 SCORE_JOB = {"score": {"num_gpus": 1, "rerank": {"k1": 150}}}
 RESULTS = Path("results") / f"handcrafted__{DATASET}.parquet"
-
-
-def workers(cluster: Cluster, n: int) -> None:
-    """Exactly ``n`` live GPU workers."""
-    while len(cluster.live_workers()) > n:
-        cluster.kill(cluster.live_workers()[-1])
-    while len(cluster.live_workers()) < n:
-        cluster.add_worker()
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +314,7 @@ def rescore_killing_its_node(cluster: Cluster, scored: tuple[Path, Path], tmp_pa
 
 
 def test_a_score_tasks_node_killed_mid_task_is_rerun_elsewhere_to_the_same_numbers(cluster, scored, tmp_path):
-    workers(cluster, 2)
+    cluster.keep(2)
     done, out = rescore_killing_its_node(cluster, scored, tmp_path)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert len(cluster.live_workers()) == 1
@@ -329,7 +325,7 @@ def test_a_score_tasks_node_killed_mid_task_is_rerun_elsewhere_to_the_same_numbe
 
 def test_the_last_gpu_node_killed_mid_score_fails_the_cell_in_one_line_and_a_rerun_scores_it(cluster, scored,
                                                                                             tmp_path):
-    workers(cluster, 1)
+    cluster.keep(1)
     done, out = rescore_killing_its_node(cluster, scored, tmp_path)
     log = done.stdout + done.stderr
     assert done.returncode == 1, log[-4000:]

@@ -222,13 +222,13 @@ class ScoreGraph:
     def collect(self, wait: bool = False) -> None:
         """Store the rows of every finished task; with ``wait``, of all of them (or fail those no
         live node can run any more)."""
-        watch = ResourceWatch({"CPU": self.settings.num_cpus, "GPU": self.settings.num_gpus}, what="each score task",
-                              fix="add a node with them (a GPU worker group) or lower score.num_gpus in the job file",
-                              say=self.say)
+        watch = ResourceWatch(self.settings.resources(), what="each score task", say=self.say,
+                              fix="add a node with them (a GPU worker group) or lower score.num_gpus in the job file"
+                              ) if wait else None
         while self.pending:
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0 if wait else 0)
             if not ready:
-                if not wait:
+                if watch is None:
                     return
                 if failure := watch.gave_up():
                     self._abandon(failure)

@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -57,10 +58,37 @@ DATASET = "reidray-synth"
 HOPS = ("proxy", "ingress", "encoder", "index")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports handed out here lie where nothing else picks its own: above Ray's worker ports (10002-19999),
+# below Serve's direct-ingress replica ports (30000+) and Linux's ephemeral range (32768+), from
+# which the kernel serves every `bind(port 0)` and outgoing connection. So between our pick and
+# the server's bind no other process takes one. Parallel test processes (pytest-xdist sets
+# PYTEST_XDIST_WORKER=gw<n>) draw from separate slices, so they never pick the same one.
+PORTS = range(20000, 30000)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free now, held open together while picked."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    slices = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = len(PORTS) // slices
+    candidates = list(PORTS[int(worker) * size:(int(worker) + 1) * size])
+    random.shuffle(candidates)
+    held: list[socket.socket] = []
+    try:
+        for port in candidates:
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                s.close()
+                continue
+            held.append(s)
+            if len(held) == n:
+                return [s.getsockname()[1] for s in held]
+        raise RuntimeError(f"fewer than {n} free ports in {candidates[0]}-{candidates[-1]}")
+    finally:
+        for s in held:
+            s.close()
 
 
 def prepare(out: str, n_ids: int, model: str, random_init: bool = False) -> list[Path]:
@@ -86,7 +114,7 @@ def start_serve(out: str, **settings) -> str:
 
     from reidray.serve.app import APP_NAME, build_app
 
-    port = free_port()
+    port = free_ports(1)[0]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"out": out, "server_timing": True, **settings}), name=APP_NAME, route_prefix="/")
     return f"http://127.0.0.1:{port}"
@@ -151,7 +179,7 @@ def plain_app(out: str, model: str, gallery: str, random_init: bool = False):
 @contextlib.contextmanager
 def plain_server(out: str, model: str, gallery: str = DATASET, random_init: bool = False) -> Iterator[str]:
     """The plain baseline in its own process on a free loopback port; stopped on exit."""
-    port = free_port()
+    port = free_ports(1)[0]
     command = [sys.executable, __file__, "--plain-server", out, "--port", str(port), "--model", model,
                "--gallery", gallery, *(["--random-init"] if random_init else [])]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)

@@ -16,6 +16,28 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["REIDRAY_DOWNLOAD"] = "0"
 
 
+# `.ci/run` runs the tests in two processes (pytest-xdist, `--dist loadgroup`). What one machine
+# holds once runs in one of them, test after test: the `cluster` tests (multi-node Ray clusters, the
+# longest and busiest) and the `serve` tests (Serve's HAProxy listens on fixed stats ports, 8404 and
+# 9101: one Serve per machine at a time). Every other module is one unit, so its module-scoped
+# fixtures are built once. Units are handed out in collection order: the held groups first, then
+# the modules with slow tests, so that no long unit starts last while the other process idles.
+HELD = ("cluster", "serve")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def held(item: pytest.Item) -> str | None:
+        return next((name for name in HELD if item.get_closest_marker(name)), None)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(held(item) or item.path.name))
+    items.sort(key=lambda item: (HELD.index(h) if (h := held(item)) else len(HELD), item.path not in slow))
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance shared by every test that needs one."""

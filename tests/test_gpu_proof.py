@@ -85,7 +85,6 @@ def test_models_past_the_budget_are_skipped_one_by_one(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.serve  # its serve part
 def test_smoke_run_names_every_part_with_figures_or_a_reason(tmp_path):
     """The whole script at tiny sizes, as CI runs it: every part really runs here (all packages are
     installed), so only re-ranking may be skipped, and only when ``evaluate`` has no ``rerank``."""

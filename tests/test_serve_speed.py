@@ -23,7 +23,6 @@ FLOOR = 0.75
 
 
 @pytest.mark.slow
-@pytest.mark.serve
 def test_serve_keeps_most_of_the_plain_process_throughput_at_8_clients(ray_session, tmp_path):
     from ray import serve
 

@@ -17,10 +17,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["REIDRAY_DOWNLOAD"] = "0"
 
 
-# `.ci/run` runs the test files in three processes (pytest-xdist, `--dist loadfile`: a file's tests
+# `.ci/run` runs the test files in two processes (pytest-xdist, `--dist loadfile`: a file's tests
 # stay together, so its module fixtures are built once). Files go out in collection order, which
-# puts those with the most slow tests first: no long file should start last while the others
-# idle.
+# puts those with the most slow tests first: no long file should start last while the other
+# process idles.
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if "PYTEST_XDIST_WORKER" in os.environ:
         slow = Counter(item.path for item in items if item.get_closest_marker("slow"))

@@ -77,8 +77,9 @@ class LocalHead:
         self.workers: list[subprocess.Popen] = []
 
     def start(self, timeout: float = 120) -> None:
-        # --block keeps `ray start` in the foreground as the parent of the head's processes; on
-        # SIGTERM it stops exactly those. Its own session keeps our signals away from pytest.
+        # --block keeps `ray start` in the foreground as the parent of the head's processes, all in
+        # its own process group (which `kill` and `stop` signal); its own session keeps the
+        # terminal's signals away from them and ours away from pytest.
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(self.command, cwd=self.temp_dir, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -169,23 +170,14 @@ class LocalHead:
         return {(pid, started[pid]) for pid in found if pid in started}
 
     def stop(self) -> None:
+        """Every process of this head's, gone: each node's process group killed at once (a graceful
+        stop takes half a minute a node here and is not what these tests check), then whatever
+        left its group (/proc finds it)."""
         before = self.ours()  # snapshot first: orphans lose their parent link once the head is gone
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # `ray start --block` then stops its processes
-            try:
-                self.process.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        left = self.alive(before) | self.ours()  # whatever the graceful stop left behind
+        for node in [*self.workers, self.process]:
+            if node is not None and node.poll() is None:
+                self.kill(node)
+        left = self.alive(before) | self.ours()
         for pid, _ in left:
             try:
                 os.kill(pid, signal.SIGKILL)
